@@ -26,7 +26,7 @@ def test_causal_lm_loads_through_from_pretrained_and_generates(tiny_lm_path):
     tokenizer = AutoTokenizer.from_pretrained(tiny_lm_path)
     assert model.config.model_type == "llama"
     assert model.config.vocab_size == len(tokenizer)
-    assert sum(p.numel() for p in model.parameters()) < 100_000
+    assert sum(p.numel() for p in model.parameters()) < 200_000
     inputs = tokenizer("The movie", return_tensors="pt")
     out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
     assert out.shape == (1, inputs.input_ids.shape[1] + 4) or out[0, -1] == tokenizer.eos_token_id

@@ -1,0 +1,112 @@
+import sys
+
+import pytest
+import torch
+
+from trl_extras.quantization import QLoRAConfig, is_4bit_model, load_qlora_model, require_bitsandbytes
+
+CPU_QLORA = QLoRAConfig(bnb_4bit_compute_dtype="float32", lora_r=4, lora_alpha=8, lora_dropout=0.0)
+
+
+def test_loads_4bit_nf4_with_lora_adapters(tiny_lm_path):
+    import bitsandbytes as bnb
+
+    model = load_qlora_model(tiny_lm_path, CPU_QLORA)
+    assert is_4bit_model(model)
+    four_bit = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    # every attention and MLP projection of both layers is 4-bit (7 per layer); the lm_head is kept in full precision
+    assert len(four_bit) == 14
+    weight = four_bit[0].weight
+    assert weight.dtype == torch.float32 or weight.dtype == torch.uint8  # packed storage
+    assert weight.quant_state.quant_type == "nf4"
+    assert weight.quant_state.state2 is not None  # double quantisation
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in name for name in trainable)
+
+
+def test_disabled_adapter_is_the_base_model(tiny_lm_path):
+    model = load_qlora_model(tiny_lm_path, CPU_QLORA)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        base = model(input_ids=ids).logits
+        for name, p in model.named_parameters():  # push the adapters away from their identity initialisation
+            if "lora_B" in name:
+                p.fill_(0.1)
+        adapted = model(input_ids=ids).logits
+        with model.disable_adapter():
+            reference = model(input_ids=ids).logits
+    assert not torch.allclose(adapted, base)
+    torch.testing.assert_close(reference, base)
+
+
+def test_gradient_step_changes_only_lora_weights(tiny_lm_path):
+    model = load_qlora_model(tiny_lm_path, CPU_QLORA)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    for _ in range(2):  # lora_B starts at zero, so lora_A only moves from the second step on
+        loss = model(input_ids=ids, labels=ids).loss
+        assert torch.isfinite(loss)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    changed = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
+    assert set(changed) == set(before)
+
+
+def test_plain_lora_when_4bit_is_off(tiny_lm_path):
+    model = load_qlora_model(tiny_lm_path, QLoRAConfig(load_in_4bit=False, bnb_4bit_compute_dtype="float32"))
+    assert not is_4bit_model(model)
+    assert any("lora_A" in n for n, _ in model.named_parameters())
+
+
+def test_stock_dpo_trainer_uses_the_disabled_adapter_as_reference(tiny_lm_path):
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    model = load_qlora_model(tiny_lm_path, CPU_QLORA)
+    dataset = Dataset.from_list([{"prompt": "The movie was", "chosen": " great.", "rejected": " bad."}] * 4)
+    args = DPOConfig(output_dir="/tmp/unused", max_steps=2, per_device_train_batch_size=2, bf16=False,
+                     report_to="none", save_strategy="no", learning_rate=1e-2)
+    trainer = DPOTrainer(model=model, args=args, train_dataset=dataset,
+                         processing_class=AutoTokenizer.from_pretrained(tiny_lm_path))
+    assert trainer.ref_model is None
+    trainer.train()
+    assert torch.isfinite(torch.tensor(trainer.state.log_history[-1]["train_loss"]))
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [("bnb_4bit_quant_type", "int4", "'nf4' or 'fp4'"), ("bnb_4bit_compute_dtype", "fp8", "compute_dtype"),
+     ("lora_r", 0, "lora_r")],
+)
+def test_config_errors_name_the_field(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        QLoRAConfig(**{field: value})
+
+
+def test_missing_bitsandbytes_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else object())
+    with pytest.raises(ImportError, match=r"trl-extras\[quantization\]"):
+        require_bitsandbytes()
+
+
+def test_generate_then_train_on_4bit_cpu(tiny_lm_path):
+    """RL trainers alternate no-grad generation (bitsandbytes repacks CPU weights then) and training steps."""
+    model = load_qlora_model(tiny_lm_path, CPU_QLORA)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    model.eval()
+    with torch.no_grad():
+        first = model.generate(input_ids=ids, max_new_tokens=3, do_sample=False)
+    model.train()
+    loss = model(input_ids=first, labels=first).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    model.eval()
+    with torch.no_grad():
+        again = model.generate(input_ids=ids, max_new_tokens=3, do_sample=False)
+    torch.testing.assert_close(first, again)  # no optimizer step in between: same greedy output
