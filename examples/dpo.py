@@ -49,7 +49,9 @@ def main() -> None:
     trainer = DPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
     trainer.train()
     metrics = [log for log in trainer.state.log_history if "rewards/accuracies" in log]
-    print(f"reward accuracy: first log {metrics[0]['rewards/accuracies']:.2f}, last log {metrics[-1]['rewards/accuracies']:.2f}")
+    print(
+        f"reward accuracy: first log {metrics[0]['rewards/accuracies']:.2f}, last log {metrics[-1]['rewards/accuracies']:.2f}"
+    )
 
 
 if __name__ == "__main__":

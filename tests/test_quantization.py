@@ -67,10 +67,18 @@ def test_stock_dpo_trainer_uses_the_disabled_adapter_as_reference(tiny_lm_path):
 
     model = load_qlora_model(tiny_lm_path, CPU_QLORA)
     dataset = Dataset.from_list([{"prompt": "The movie was", "chosen": " great.", "rejected": " bad."}] * 4)
-    args = DPOConfig(output_dir="/tmp/unused", max_steps=2, per_device_train_batch_size=2, bf16=False,
-                     report_to="none", save_strategy="no", learning_rate=1e-2)
-    trainer = DPOTrainer(model=model, args=args, train_dataset=dataset,
-                         processing_class=AutoTokenizer.from_pretrained(tiny_lm_path))
+    args = DPOConfig(
+        output_dir="/tmp/unused",
+        max_steps=2,
+        per_device_train_batch_size=2,
+        bf16=False,
+        report_to="none",
+        save_strategy="no",
+        learning_rate=1e-2,
+    )
+    trainer = DPOTrainer(
+        model=model, args=args, train_dataset=dataset, processing_class=AutoTokenizer.from_pretrained(tiny_lm_path)
+    )
     assert trainer.ref_model is None
     trainer.train()
     assert torch.isfinite(torch.tensor(trainer.state.log_history[-1]["train_loss"]))
@@ -78,8 +86,11 @@ def test_stock_dpo_trainer_uses_the_disabled_adapter_as_reference(tiny_lm_path):
 
 @pytest.mark.parametrize(
     "field, value, message",
-    [("bnb_4bit_quant_type", "int4", "'nf4' or 'fp4'"), ("bnb_4bit_compute_dtype", "fp8", "compute_dtype"),
-     ("lora_r", 0, "lora_r")],
+    [
+        ("bnb_4bit_quant_type", "int4", "'nf4' or 'fp4'"),
+        ("bnb_4bit_compute_dtype", "fp8", "compute_dtype"),
+        ("lora_r", 0, "lora_r"),
+    ],
 )
 def test_config_errors_name_the_field(field, value, message):
     with pytest.raises(ValueError, match=message):

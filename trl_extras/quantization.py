@@ -42,9 +42,13 @@ class QLoRAConfig:
     Defaults follow the QLoRA paper: nf4 with double quantisation, bf16 compute, LoRA on all linear layers.
     """
 
-    load_in_4bit: bool = field(default=True, metadata={"help": "Load the base weights in 4 bit. False gives plain LoRA."})
+    load_in_4bit: bool = field(
+        default=True, metadata={"help": "Load the base weights in 4 bit. False gives plain LoRA."}
+    )
     bnb_4bit_quant_type: str = field(default="nf4", metadata={"help": "'nf4' (paper default) or 'fp4'."})
-    bnb_4bit_use_double_quant: bool = field(default=True, metadata={"help": "Quantise the quantisation constants too."})
+    bnb_4bit_use_double_quant: bool = field(
+        default=True, metadata={"help": "Quantise the quantisation constants too."}
+    )
     bnb_4bit_compute_dtype: str = field(
         default="bfloat16", metadata={"help": "dtype of the matmuls: 'bfloat16', 'float16' or 'float32'."}
     )
@@ -55,7 +59,8 @@ class QLoRAConfig:
         default="all-linear", metadata={"help": "Modules that get adapters; 'all-linear' skips the output head."}
     )
     lora_modules_to_save: list[str] | None = field(
-        default=None, metadata={"help": "Modules trained in full next to the adapters (e.g. a reward model's 'score')."}
+        default=None,
+        metadata={"help": "Modules trained in full next to the adapters (e.g. a reward model's 'score')."},
     )
     task_type: str | None = field(
         default="CAUSAL_LM", metadata={"help": "peft task type: 'CAUSAL_LM', 'SEQ_CLS', or None for other models."}
@@ -66,7 +71,9 @@ class QLoRAConfig:
 
     def __post_init__(self) -> None:
         if self.bnb_4bit_quant_type not in ("nf4", "fp4"):
-            raise ValueError(f"QLoRAConfig.bnb_4bit_quant_type must be 'nf4' or 'fp4', got {self.bnb_4bit_quant_type!r}")
+            raise ValueError(
+                f"QLoRAConfig.bnb_4bit_quant_type must be 'nf4' or 'fp4', got {self.bnb_4bit_quant_type!r}"
+            )
         if self.bnb_4bit_compute_dtype not in _DTYPES:
             raise ValueError(
                 f"QLoRAConfig.bnb_4bit_compute_dtype must be one of {sorted(_DTYPES)}, got {self.bnb_4bit_compute_dtype!r}"
