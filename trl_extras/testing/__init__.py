@@ -6,21 +6,24 @@ offline defaults load it back through the real ``from_pretrained(path)`` code pa
 
 - ``build_tiny_causal_lm``: Llama-style causal LM with a byte-level BPE tokenizer (pad/eos, chat template).
 - ``build_tiny_reward_model``: Llama-style sequence classifier with one label, same tokenizer.
-- ``build_tiny_vlm``: a vision-language model TRL's DPOTrainer supports, with its processor.
+- ``build_tiny_vlm``: a vision-language model TRL's DPOTrainer supports (Llava or Qwen2-VL), with its processor;
+  ``load_tiny_vlm_processor`` loads that processor back even without torchvision.
 - ``build_tiny_diffusion_pipeline``: a text-to-image pipeline that ``DiffusionPipeline.from_pretrained`` loads.
 """
 
 from ._lm import CHAT_TEMPLATE, build_tiny_causal_lm, build_tiny_reward_model, build_tiny_tokenizer
+from ._vlm import build_tiny_vlm, load_tiny_vlm_processor
 
-__all__ = ["CHAT_TEMPLATE", "build_tiny_causal_lm", "build_tiny_reward_model", "build_tiny_tokenizer"]
+__all__ = [
+    "CHAT_TEMPLATE",
+    "build_tiny_causal_lm",
+    "build_tiny_reward_model",
+    "build_tiny_tokenizer",
+    "build_tiny_vlm",
+    "load_tiny_vlm_processor",
+]
 
-try:  # builders owned by the vision and diffusion modules; present once those land
-    from ._vlm import build_tiny_vlm  # noqa: F401
-
-    __all__.append("build_tiny_vlm")
-except ImportError:  # pragma: no cover
-    pass
-try:
+try:  # the diffusion builder lands with the Diffusion-DPO trainer
     from ._diffusion import build_tiny_diffusion_pipeline  # noqa: F401
 
     __all__.append("build_tiny_diffusion_pipeline")
