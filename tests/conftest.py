@@ -9,7 +9,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# The test models are tiny: one thread is as fast as two and does not thrash a shared 2-core machine.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -26,3 +27,12 @@ def tiny_reward_model_path(tmp_path_factory):
     from trl_extras.testing import build_tiny_reward_model
 
     return build_tiny_reward_model(tmp_path_factory.mktemp("tiny-rm"))
+
+
+@pytest.fixture(scope="session")
+def builtin_cache(tmp_path_factory):
+    """One trl-extras cache (``$TRL_EXTRAS_CACHE``) for the session: the built-in task's models are built once."""
+    directory = tmp_path_factory.getbasetemp() / "trl_extras_cache"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TRL_EXTRAS_CACHE", str(directory))
+        yield directory

@@ -1,0 +1,365 @@
+"""``trl-extras``: one command line for every trainer, TRL's stock ones and ours, with TRL's conventions.
+
+```bash
+trl-extras remax --config configs/remax.yaml                       # offline built-in task, a minute on a CPU
+trl-extras dpo --config configs/dpo.yaml --learning_rate 1e-5      # command-line values override the YAML
+accelerate launch --config_file configs/accelerate/multi_gpu.yaml -m trl_extras.cli dpo --config configs/dpo.yaml
+trl-extras dpo --config configs/dpo.yaml --accelerate_config configs/accelerate/multi_gpu.yaml  # same, launched for you
+python -m trl_extras.cli --help
+```
+
+Arguments are parsed by TRL's ``TrlParser`` exactly as ``trl dpo`` parses them: a flat YAML file (``--config``) whose
+keys are the fields of the script arguments, the trainer's config, ``ModelConfig`` and ``DatasetMixtureConfig``,
+overridden by ``--field value`` on the command line. On top of that this command checks the config before anything is
+loaded and reports, on one line each and with a non-zero exit: unknown keys (with a "did you mean"), keys that belong
+to another trainer, missing files, bad values, reward functions that cannot be imported. Errors raised once training
+has started keep their traceback. ``TRL_EXTRAS_DEBUG=1`` shows the traceback of every error.
+
+``accelerate launch`` options given to ``trl-extras`` itself (``--num_processes 2``, ``--accelerate_config FILE`` or
+one of TRL's named configs such as ``zero2``) relaunch the command under ``accelerate launch``, as ``trl dpo`` does.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass
+
+__all__ = ["SUBCOMMANDS", "Subcommand", "main"]
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    """One ``trl-extras`` subcommand: its script module and the trainer module it needs."""
+
+    name: str
+    help: str
+    script: str  # module with make_parser() and main(script_args, training_args, model_args, dataset_args)
+    trainer_module: str | None = None  # ours: the subcommand exists only where this module imports
+
+    def available(self) -> bool:
+        return self.trainer_module is None or importlib.util.find_spec(self.trainer_module) is not None
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {
+    command.name: command
+    for command in [
+        Subcommand("sft", "supervised fine-tuning (TRL SFTTrainer)", "trl_extras.scripts.sft"),
+        Subcommand("reward", "reward modelling (TRL RewardTrainer)", "trl_extras.scripts.reward"),
+        Subcommand("dpo", "direct preference optimisation (TRL DPOTrainer)", "trl_extras.scripts.dpo"),
+        Subcommand("grpo", "group relative policy optimisation (TRL GRPOTrainer)", "trl_extras.scripts.grpo"),
+        Subcommand("rloo", "REINFORCE leave-one-out (TRL RLOOTrainer)", "trl_extras.scripts.rloo"),
+        Subcommand(
+            "unlikelihood",
+            "likelihood on chosen, unlikelihood on rejected (UnlikelihoodTrainer)",
+            "trl_extras.scripts.unlikelihood",
+            "trl_extras.trainer.unlikelihood_trainer",
+        ),
+        Subcommand(
+            "remax",
+            "REINFORCE with a greedy baseline (ReMaxTrainer)",
+            "trl_extras.scripts.remax",
+            "trl_extras.trainer.remax_trainer",
+        ),
+        Subcommand(
+            "ppo", "PPO with a value model (PPOTrainer)", "trl_extras.scripts.ppo", "trl_extras.trainer.ppo_trainer"
+        ),
+        Subcommand(
+            "mdpo",
+            "multimodal DPO for vision-language models (MDPOTrainer)",
+            "trl_extras.scripts.mdpo",
+            "trl_extras.trainer.mdpo_trainer",
+        ),
+        Subcommand(
+            "diffusion-dpo",
+            "DPO for text-to-image diffusion models (DiffusionDPOTrainer)",
+            "trl_extras.scripts.diffusion_dpo",
+            "trl_extras.trainer.diffusion_dpo_trainer",
+        ),
+    ]
+}
+
+# Exit statuses: 2 for a config that cannot work (as argparse does), 1 for a data or model problem.
+EXIT_CONFIG, EXIT_RUNTIME = 2, 1
+_ACCELERATE_CONFIG_FLAG = "--accelerate_config"
+
+
+class _CLIError(Exception):
+    def __init__(self, message: str, status: int = EXIT_CONFIG):
+        super().__init__(message)
+        self.status = status
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# config checks
+
+
+def _option_names(parser) -> dict[str, str]:
+    """Every option string of a parser (``--learning_rate``, ``--learning-rate``, ``--no_bf16``) -> its dest."""
+    return {option: action.dest for action in parser._actions for option in action.option_strings}
+
+
+def _dests(parser) -> set[str]:
+    return {action.dest for action in parser._actions if action.option_strings and action.dest != "help"}
+
+
+def _owners(key: str, exclude: str) -> list[str]:
+    """The other available subcommands that accept ``key``."""
+    owners = []
+    for command in SUBCOMMANDS.values():
+        if command.name == exclude or not command.available():
+            continue
+        try:
+            parser = importlib.import_module(command.script).make_parser()
+        except Exception:  # a trainer that does not import is reported when it is run, not here
+            continue
+        if key in _dests(parser):
+            owners.append(command.name)
+    return owners
+
+
+def _unknown_key_message(key: str, where: str, command: str, parser) -> str:
+    owners = _owners(key, exclude=command)
+    if owners:
+        return (
+            f"{where}: {key!r} is not an option of `trl-extras {command}`; it belongs to "
+            f"{', '.join(f'`trl-extras {owner}`' for owner in owners)}. Remove it or run the matching subcommand."
+        )
+    close = difflib.get_close_matches(key, sorted(_dests(parser)), n=3, cutoff=0.6)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return f"{where}: unknown key {key!r} for `trl-extras {command}`.{hint}"
+
+
+def _read_config(path: str) -> dict:
+    import yaml
+
+    if not os.path.isfile(path):
+        raise _CLIError(f"--config: file not found: {path}")
+    try:
+        with open(path) as file:
+            config = yaml.safe_load(file)
+    except yaml.YAMLError as error:
+        raise _CLIError(f"--config: {path} is not valid YAML: {error}") from None
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise _CLIError(f"--config: {path} must hold a mapping of `key: value` lines, got a {type(config).__name__}")
+    return config
+
+
+def _accelerate_options() -> set[str]:
+    from accelerate.commands.launch import launch_command_parser
+
+    return set(_option_names(launch_command_parser())) | {_ACCELERATE_CONFIG_FLAG}
+
+
+def _check_args(command: str, parser, argv: list[str]) -> list[str]:
+    """Check the YAML keys and command-line options of ``argv``; return the ``accelerate launch`` options in it."""
+    errors = []
+    if "--config" in argv:
+        index = argv.index("--config")
+        if index + 1 >= len(argv):
+            raise _CLIError("--config: expected a YAML file after --config")
+        path = argv[index + 1]
+        known = _dests(parser)
+        for key in _read_config(path):
+            if key != "env" and key not in known:
+                errors.append(_unknown_key_message(key, path, command, parser))
+
+    options = _option_names(parser)
+    accelerate_options = None
+    launch_args: list[str] = []
+    index = 0
+    while index < len(argv):
+        token = argv[index]
+        index += 1
+        if token == "--config":
+            index += 1
+            continue
+        if not token.startswith("-") or _is_number(token):
+            continue  # a value of the previous option
+        flag = token.split("=", 1)[0]
+        if flag in options:
+            continue
+        accelerate_options = accelerate_options if accelerate_options is not None else _accelerate_options()
+        if flag in accelerate_options:
+            launch_args.append(token)
+            while index < len(argv) and not argv[index].startswith("--") and "=" not in token:
+                launch_args.append(argv[index])
+                index += 1
+            continue
+        errors.append(_unknown_key_message(flag.lstrip("-"), "command line", command, parser))
+    if errors:
+        raise _CLIError("\n".join(errors))
+    return launch_args
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+def _without(argv: list[str], launch_args: list[str]) -> list[str]:
+    """``argv`` with the ``accelerate launch`` options removed (they are an ordered subsequence of it)."""
+    result, pending = [], list(launch_args)
+    for token in argv:
+        if pending and token == pending[0]:
+            pending.pop(0)
+        else:
+            result.append(token)
+    return result
+
+
+def _relaunch_with_accelerate(command: str, training_argv: list[str], launch_args: list[str]) -> int:
+    """Run ``accelerate launch <launch_args> -m trl_extras.cli <command> <training_argv>`` (as ``trl dpo`` does)."""
+    from accelerate.commands.launch import launch_command, launch_command_parser
+    from trl.cli.accelerate_config import resolve_accelerate_config_argument
+
+    try:
+        launch_args = resolve_accelerate_config_argument(launch_args)
+    except ValueError as error:
+        raise _CLIError(f"{_ACCELERATE_CONFIG_FLAG}: {error}") from None
+    args = launch_command_parser().parse_args([*launch_args, "-m", "trl_extras.cli", command, *training_argv])
+    launch_command(args)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# entry point
+
+
+def _overview() -> str:
+    lines = ["usage: trl-extras <subcommand> [--config FILE.yaml] [--field value ...]", "", "subcommands:"]
+    for command in SUBCOMMANDS.values():
+        note = "" if command.available() else "  (not available: its trainer is not installed)"
+        lines.append(f"  {command.name:<14} {command.help}{note}")
+    lines += [
+        "",
+        "`trl-extras <subcommand> --help` lists every option. Configs for each subcommand are in configs/;",
+        "they run offline on the built-in task (see docs/cli.md).",
+    ]
+    return "\n".join(lines)
+
+
+def _use_cpu_process_group_without_accelerators() -> None:
+    """Several processes (``accelerate launch``, ``torchrun``) on a machine without accelerators: train on the CPU.
+
+    Without this, transformers only forms a CPU (gloo) process group when ``use_cpu`` is set, and otherwise lets each
+    process train alone on the whole dataset, silently. ``accelerate launch`` does not pass its config's ``use_cpu``
+    on to the processes of a multi-process launch, so we set the variable transformers and accelerate read.
+    """
+    import torch
+
+    has_accelerator = torch.cuda.is_available() or (
+        hasattr(torch, "accelerator") and torch.accelerator.current_accelerator() is not None
+    )
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not has_accelerator:
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+
+
+def _run(command: Subcommand, argv: list[str]) -> int:
+    from trl_extras.scripts import _common
+
+    try:
+        module = importlib.import_module(command.script)
+    except ImportError as error:
+        raise _CLIError(f"`trl-extras {command.name}` cannot start: {error}", EXIT_RUNTIME) from error
+    parser = module.make_parser(prog=f"trl-extras {command.name}")
+    if "-h" in argv or "--help" in argv:
+        parser.print_help()
+        return 0
+    launch_args = _check_args(command.name, parser, argv)
+    training_argv = _without(argv, launch_args)
+    _use_cpu_process_group_without_accelerators()
+    try:
+        script_args, training_args, model_args, dataset_args = parser.parse_args_and_config(training_argv)
+    except _common.ConfigError as error:
+        raise _CLIError(str(error)) from None
+    except ValueError as error:  # a dataclass __post_init__: TRL's and ours name the field
+        raise _CLIError(str(error)) from None
+    if launch_args:
+        return _relaunch_with_accelerate(command.name, training_argv, launch_args)
+    import torch
+
+    _common.TRAINING_STARTED = False
+    num_threads = torch.get_num_threads()
+    try:
+        module.main(script_args, training_args, model_args, dataset_args)
+    finally:
+        torch.set_num_threads(num_threads)
+    return 0
+
+
+def _setup_errors() -> tuple[type[BaseException], ...]:
+    from trl_extras.rewards import RewardFunctionError
+    from trl_extras.scripts._common import ConfigError
+
+    return ConfigError, RewardFunctionError, ValueError, TypeError, OSError, ImportError
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``trl-extras``; returns the exit status (0 on success)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_overview())
+        return 0
+    if argv[0] == "--version":
+        from trl_extras import __version__
+
+        print(f"trl-extras {__version__}")
+        return 0
+
+    name, rest = argv[0], argv[1:]
+    prog = f"trl-extras {name}"
+    command = SUBCOMMANDS.get(name)
+    if command is None:
+        close = difflib.get_close_matches(name, list(SUBCOMMANDS), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        print(
+            f"trl-extras: error: unknown subcommand {name!r}.{hint} Run `trl-extras --help` for the list.",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    if not command.available():
+        print(
+            f"{prog}: error: this install has no {command.trainer_module} module, so `{name}` is not available.",
+            file=sys.stderr,
+        )
+        return EXIT_RUNTIME
+
+    debug = os.environ.get("TRL_EXTRAS_DEBUG", "") not in ("", "0")
+    try:
+        return _run(command, rest)
+    except _CLIError as error:
+        if debug:
+            raise
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return error.status
+    except SystemExit as exit_:  # argparse --help, or a script calling sys.exit
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else EXIT_RUNTIME)
+    except _setup_errors() as error:
+        from trl_extras.scripts import _common
+
+        if debug or _common.TRAINING_STARTED:
+            raise
+        status = EXIT_CONFIG if isinstance(error, _setup_errors()[:2]) else EXIT_RUNTIME
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return status
+
+
+def run_example(name: str, default_config: str | os.PathLike, argv: list[str] | None = None) -> int:
+    """What ``examples/<name>.py`` runs: ``trl-extras <name>``, on ``default_config`` unless ``--config`` is given."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--config" not in args and os.path.exists(default_config):
+        args = ["--config", str(default_config), *args]
+    return main([name, *args])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,42 @@
+"""mDPO (multimodal DPO for vision-language models) with trl-extras' ``MDPOTrainer``.
+
+```bash
+trl-extras mdpo --config configs/mdpo.yaml
+trl-extras mdpo --model_name_or_path Qwen/Qwen2.5-VL-3B-Instruct --dataset_name HuggingFaceH4/rlaif-v_formatted \
+    --output_dir Qwen2.5-VL-3B-mDPO
+```
+
+The dataset is a vision preference dataset (``images`` plus ``prompt``/``chosen``/``rejected``); the model is loaded by
+``DPOTrainer`` with its processor. With QLoRA (``load_in_4bit``) it is loaded as ``AutoModelForImageTextToText``.
+"""
+
+from __future__ import annotations
+
+from ._common import ScriptArguments, build_parser, load_datasets, load_model, train_and_save
+
+
+def main(script_args, training_args, model_args, dataset_args):
+    from transformers import AutoModelForImageTextToText
+
+    from trl_extras import MDPOTrainer
+
+    train_dataset, eval_dataset = load_datasets(
+        script_args, dataset_args, training_args, default_subset="vision-preference"
+    )
+    trainer = MDPOTrainer(
+        **load_model(model_args, training_args, model_class=AutoModelForImageTextToText),
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+    )
+    return train_and_save(trainer, script_args, training_args, role="vlm_policy")
+
+
+def make_parser(prog: str = "trl-extras mdpo"):
+    from trl_extras import MDPOConfig
+
+    return build_parser(prog, ScriptArguments, MDPOConfig)
+
+
+if __name__ == "__main__":
+    main(*make_parser().parse_args_and_config())

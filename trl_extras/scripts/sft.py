@@ -1,0 +1,32 @@
+"""SFT with TRL's stock ``SFTTrainer``.
+
+```bash
+trl-extras sft --config configs/sft.yaml
+trl-extras sft --model_name_or_path Qwen/Qwen2.5-0.5B --dataset_name trl-lib/Capybara --output_dir Qwen2.5-0.5B-SFT
+```
+"""
+
+from __future__ import annotations
+
+import trl
+
+from ._common import ScriptArguments, build_parser, load_datasets, load_model, train_and_save
+
+
+def main(script_args, training_args, model_args, dataset_args):
+    train_dataset, eval_dataset = load_datasets(script_args, dataset_args, training_args, default_subset="sft")
+    trainer = trl.SFTTrainer(
+        **load_model(model_args, training_args),
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+    )
+    return train_and_save(trainer, script_args, training_args, role="lm")
+
+
+def make_parser(prog: str = "trl-extras sft"):
+    return build_parser(prog, ScriptArguments, trl.SFTConfig)
+
+
+if __name__ == "__main__":
+    main(*make_parser().parse_args_and_config())

@@ -1,0 +1,35 @@
+"""Unlikelihood training on preference pairs with trl-extras' ``UnlikelihoodTrainer``.
+
+```bash
+trl-extras unlikelihood --config configs/unlikelihood.yaml
+trl-extras unlikelihood --model_name_or_path Qwen/Qwen2.5-0.5B-Instruct \
+    --dataset_name trl-lib/ultrafeedback_binarized --output_dir Qwen2.5-0.5B-Unlikelihood
+```
+"""
+
+from __future__ import annotations
+
+from ._common import ScriptArguments, build_parser, load_datasets, load_model, train_and_save
+
+
+def main(script_args, training_args, model_args, dataset_args):
+    from trl_extras import UnlikelihoodTrainer
+
+    train_dataset, eval_dataset = load_datasets(script_args, dataset_args, training_args, default_subset="preference")
+    trainer = UnlikelihoodTrainer(
+        **load_model(model_args, training_args),
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+    )
+    return train_and_save(trainer, script_args, training_args, role="policy")
+
+
+def make_parser(prog: str = "trl-extras unlikelihood"):
+    from trl_extras import UnlikelihoodConfig
+
+    return build_parser(prog, ScriptArguments, UnlikelihoodConfig)
+
+
+if __name__ == "__main__":
+    main(*make_parser().parse_args_and_config())
