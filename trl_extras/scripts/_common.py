@@ -361,3 +361,32 @@ def train_and_save(trainer, script_args, training_args, *, role: str, evaluation
     if hasattr(trainer, "end"):  # transformers >= 5.18: finish the trackers and the process group
         trainer.end()
     return report
+
+
+def train_policy(
+    trainer_class,
+    script_args,
+    training_args,
+    model_args,
+    dataset_args,
+    *,
+    subset: str,
+    role: str = "policy",
+    model_class=None,
+    **trainer_kwargs,
+):
+    """The body the model-training scripts share: load data and model, build ``trainer_class``, train, report.
+
+    ``subset`` is the built-in task's dataset kind (``"prompt"`` for online RL, ``"preference"``, ``"sft"``, ...),
+    ``role`` the kind of before/after report ``train_and_save`` prints, ``model_class`` the auto class for 4-bit
+    loading, and ``trainer_kwargs`` the trainer's own extra arguments (reward functions, a value model).
+    """
+    train_dataset, eval_dataset = load_datasets(script_args, dataset_args, training_args, default_subset=subset)
+    trainer = trainer_class(
+        **load_model(model_args, training_args, model_class=model_class),
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        **trainer_kwargs,
+    )
+    return train_and_save(trainer, script_args, training_args, role=role)

@@ -12,7 +12,7 @@ The dataset is a vision preference dataset (``images`` plus ``prompt``/``chosen`
 
 from __future__ import annotations
 
-from ._common import ScriptArguments, build_parser, load_datasets, load_model, train_and_save
+from ._common import ScriptArguments, build_parser, train_policy
 
 
 def main(script_args, training_args, model_args, dataset_args):
@@ -20,16 +20,16 @@ def main(script_args, training_args, model_args, dataset_args):
 
     from trl_extras import MDPOTrainer
 
-    train_dataset, eval_dataset = load_datasets(
-        script_args, dataset_args, training_args, default_subset="vision-preference"
+    return train_policy(
+        MDPOTrainer,
+        script_args,
+        training_args,
+        model_args,
+        dataset_args,
+        subset="vision-preference",
+        role="vlm_policy",
+        model_class=AutoModelForImageTextToText,
     )
-    trainer = MDPOTrainer(
-        **load_model(model_args, training_args, model_class=AutoModelForImageTextToText),
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-    )
-    return train_and_save(trainer, script_args, training_args, role="vlm_policy")
 
 
 def make_parser(prog: str = "trl-extras mdpo"):

@@ -9,20 +9,13 @@ trl-extras unlikelihood --model_name_or_path Qwen/Qwen2.5-0.5B-Instruct \
 
 from __future__ import annotations
 
-from ._common import ScriptArguments, build_parser, load_datasets, load_model, train_and_save
+from ._common import ScriptArguments, build_parser, train_policy
 
 
 def main(script_args, training_args, model_args, dataset_args):
     from trl_extras import UnlikelihoodTrainer
 
-    train_dataset, eval_dataset = load_datasets(script_args, dataset_args, training_args, default_subset="preference")
-    trainer = UnlikelihoodTrainer(
-        **load_model(model_args, training_args),
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-    )
-    return train_and_save(trainer, script_args, training_args, role="policy")
+    return train_policy(UnlikelihoodTrainer, script_args, training_args, model_args, dataset_args, subset="preference")
 
 
 def make_parser(prog: str = "trl-extras unlikelihood"):

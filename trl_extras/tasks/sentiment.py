@@ -278,35 +278,12 @@ def build_task_tokenizer(directory: str | Path | None = None, vocab_size: int = 
     Trained on this task's text, most words are one token, so a whole review fits in ~25 tokens and the tiny policy
     learns and samples much faster than with the kit's generic 320-token vocabulary.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from trl_extras.testing._lm import BOS_TOKEN, CHAT_TEMPLATE, EOS_TOKEN, PAD_TOKEN, SPECIAL_TOKENS
+    from trl_extras.testing import build_tiny_tokenizer
 
     data = task_data()
     corpus = [row["prompt"] + row["completion"] for row in _sft_rows(960, seed=0, split="train")]
     corpus += data["eval_prompts"] + data["positive_words"] + data["negative_words"]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(corpus, trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token=PAD_TOKEN,
-        eos_token=EOS_TOKEN,
-        bos_token=BOS_TOKEN,
-        chat_template=CHAT_TEMPLATE,
-        model_max_length=512,
-    )
-    if directory is not None:
-        tokenizer.save_pretrained(directory)
-    return tokenizer
+    return build_tiny_tokenizer(directory, vocab_size=vocab_size, corpus=corpus)
 
 
 def base_policy_path() -> str:

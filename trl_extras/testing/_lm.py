@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import string
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -53,10 +54,14 @@ def _seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_tiny_tokenizer(directory: str | os.PathLike | None = None, vocab_size: int = 320):
-    """Train a byte-level BPE tokenizer on a built-in corpus, with pad/eos tokens and a chat template.
+def build_tiny_tokenizer(
+    directory: str | os.PathLike | None = None, vocab_size: int = 320, corpus: Iterable[str] | None = None
+):
+    """Train a byte-level BPE tokenizer with pad/eos tokens and a ChatML chat template.
 
-    Returns the tokenizer; when ``directory`` is given it is also saved there.
+    ``corpus`` (default: a small built-in one) is the text the merges are learnt from: a tokenizer trained on a task's
+    own text makes most of its words single tokens. Returns the tokenizer; when ``directory`` is given it is also
+    saved there.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -70,7 +75,7 @@ def build_tiny_tokenizer(directory: str | os.PathLike | None = None, vocab_size:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_CORPUS, trainer=trainer)
+    tok.train_from_iterator(_CORPUS if corpus is None else list(corpus), trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token=PAD_TOKEN,
