@@ -336,7 +336,9 @@ def test_reward_resolution(tmp_path, monkeypatch):
         resolve_reward_func("./missing-rm")
 
 
-@pytest.mark.parametrize("name", ["sft", "reward", "grpo", "rloo", "dpo", "unlikelihood", "remax", "mdpo"])
+@pytest.mark.parametrize(
+    "name", ["sft", "reward", "grpo", "rloo", "dpo", "unlikelihood", "remax", "mdpo", "diffusion_dpo"]
+)
 def test_example_scripts_are_the_cli_with_the_shipped_config(name, monkeypatch):
     calls = []
     monkeypatch.setattr(cli, "main", lambda argv: calls.append(argv) or 0)
@@ -344,4 +346,5 @@ def test_example_scripts_are_the_cli_with_the_shipped_config(name, monkeypatch):
     with pytest.raises(SystemExit) as exit_:
         runpy.run_path(str(REPO / "examples" / f"{name}.py"), run_name="__main__")
     assert exit_.value.code == 0
-    assert calls == [[name, "--config", str(REPO / "configs" / f"{name}.yaml"), "--max_steps", "3"]]
+    subcommand = name.replace("_", "-")  # examples/diffusion_dpo.py runs `trl-extras diffusion-dpo`
+    assert calls == [[subcommand, "--config", str(REPO / "configs" / f"{name}.yaml"), "--max_steps", "3"]]

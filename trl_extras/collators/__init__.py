@@ -9,15 +9,16 @@
 ``trl_extras.collators.utils`` holds the shared ``pad_sequences`` and ``truncate`` helpers.
 """
 
+from .diffusion import DiffusionPreferenceCollator
 from .text import PreferenceCollator
 from .utils import pad_sequences, truncate, truncate_preference_pair
 from .vision import VisionPreferenceCollator
 
-__all__ = ["PreferenceCollator", "VisionPreferenceCollator", "pad_sequences", "truncate", "truncate_preference_pair"]
-
-try:  # written alongside; present once the diffusion collator lands
-    from .diffusion import DiffusionPreferenceCollator  # noqa: F401
-
-    __all__.append("DiffusionPreferenceCollator")
-except ImportError:  # pragma: no cover
-    pass
+__all__ = [
+    "DiffusionPreferenceCollator",
+    "PreferenceCollator",
+    "VisionPreferenceCollator",
+    "pad_sequences",
+    "truncate",
+    "truncate_preference_pair",
+]

@@ -11,21 +11,16 @@ offline defaults load it back through the real ``from_pretrained(path)`` code pa
 - ``build_tiny_diffusion_pipeline``: a text-to-image pipeline that ``DiffusionPipeline.from_pretrained`` loads.
 """
 
+from ._diffusion import build_tiny_diffusion_pipeline
 from ._lm import CHAT_TEMPLATE, build_tiny_causal_lm, build_tiny_reward_model, build_tiny_tokenizer
 from ._vlm import build_tiny_vlm, load_tiny_vlm_processor
 
 __all__ = [
     "CHAT_TEMPLATE",
     "build_tiny_causal_lm",
+    "build_tiny_diffusion_pipeline",
     "build_tiny_reward_model",
     "build_tiny_tokenizer",
     "build_tiny_vlm",
     "load_tiny_vlm_processor",
 ]
-
-try:  # the diffusion builder lands with the Diffusion-DPO trainer
-    from ._diffusion import build_tiny_diffusion_pipeline  # noqa: F401
-
-    __all__.append("build_tiny_diffusion_pipeline")
-except ImportError:  # pragma: no cover
-    pass

@@ -1,0 +1,73 @@
+"""The offline tiny text-to-image pipelines: they load through diffusers' real `from_pretrained` and generate."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+
+
+@pytest.mark.parametrize("sdxl", [False, True], ids=["sd", "sdxl"])
+def test_tiny_pipeline_loads_and_generates(tmp_path, sdxl):
+    from trl_extras.testing import build_tiny_diffusion_pipeline
+
+    path = build_tiny_diffusion_pipeline(tmp_path, sdxl=sdxl)
+    pipe = diffusers.DiffusionPipeline.from_pretrained(path)
+    expected = diffusers.StableDiffusionXLPipeline if sdxl else diffusers.StableDiffusionPipeline
+    assert type(pipe) is expected
+    image = pipe("a red square", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (32, 32) and image.mode == "RGB"
+
+    # the parts the trainer relies on
+    assert pipe.vae_scale_factor == 2 and pipe.unet.config.sample_size == 16
+    assert isinstance(pipe.scheduler, diffusers.DDPMScheduler)
+    assert pipe.scheduler.config.prediction_type == "epsilon"
+    if sdxl:
+        assert pipe.unet.config.addition_embed_type == "text_time"
+        assert type(pipe.text_encoder_2).__name__ == "CLIPTextModelWithProjection"
+        assert pipe.unet.config.cross_attention_dim == 64  # both encoders' hidden states side by side
+    else:
+        assert pipe.safety_checker is None
+
+
+def test_tiny_pipeline_is_seeded_and_has_a_realistic_vae(tmp_path):
+    from trl_extras.testing import build_tiny_diffusion_pipeline
+
+    first = diffusers.DiffusionPipeline.from_pretrained(build_tiny_diffusion_pipeline(tmp_path / "a", seed=3))
+    second = diffusers.DiffusionPipeline.from_pretrained(build_tiny_diffusion_pipeline(tmp_path / "b", seed=3))
+    other = diffusers.DiffusionPipeline.from_pretrained(build_tiny_diffusion_pipeline(tmp_path / "c", seed=4))
+    for name, value in first.unet.state_dict().items():
+        assert torch.equal(value, second.unet.state_dict()[name]), name
+    assert not torch.equal(first.unet.conv_in.weight, other.unet.conv_in.weight)
+
+    # like a trained VAE: a nearly deterministic posterior and unit-variance scaled latents, so images that differ
+    # differ in latent space by much more than the posterior noise
+    vae = first.vae
+    red, blue = torch.zeros(1, 3, 32, 32), torch.zeros(1, 3, 32, 32)
+    red[:, 0], blue[:, 2] = 1.0, 1.0
+    with torch.no_grad():
+        posterior_red, posterior_blue = vae.encode(red * 2 - 1).latent_dist, vae.encode(blue * 2 - 1).latent_dist
+    scale = vae.config.scaling_factor
+    gap = (posterior_red.mean - posterior_blue.mean).abs().mean() * scale
+    assert (posterior_red.std * scale).max() < 0.05 < 0.3 < gap
+
+
+def test_tiny_tokenizer_and_v_prediction(tmp_path):
+    from transformers import CLIPTokenizer
+
+    from trl_extras.testing import build_tiny_diffusion_pipeline
+
+    path = build_tiny_diffusion_pipeline(tmp_path, prediction_type="v_prediction")
+    tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
+    ids = tokenizer("A red square, 2x!").input_ids
+    assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id and tokenizer.model_max_length == 77
+    assert tokenizer.unk_token_id not in ids[1:-1]  # byte-level: every character has a token (unk is eos)
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "a red square , 2 x !"  # CLIP lower-cases and splits
+    scheduler = json.loads((tmp_path / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["prediction_type"] == "v_prediction"
+    with pytest.raises(ValueError, match="prediction_type"):
+        build_tiny_diffusion_pipeline(tmp_path / "bad", prediction_type="flow")

@@ -1,0 +1,170 @@
+"""Configuration for :class:`~trl_extras.trainer.diffusion_dpo_trainer.DiffusionDPOTrainer`."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+
+from trl.trainer.base_config import _BaseConfig
+
+from ..losses.diffusion_dpo import DEFAULT_BETA
+
+_LOSS_TYPES = ("sigmoid", "sft")
+_PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+@dataclass
+class DiffusionDPOConfig(_BaseConfig):
+    r"""
+    Configuration class for the [`~trl_extras.DiffusionDPOTrainer`].
+
+    Inherits every [`~transformers.TrainingArguments`] field (and TRL's defaults for them: `logging_steps=10`,
+    `gradient_checkpointing=True`, `bf16=True` unless `fp16`), so the usual optimiser, schedule, precision, saving,
+    logging (`report_to`) and `accelerate launch` options apply unchanged. Changed default: `learning_rate=1e-6`.
+    Added fields, grouped below; each field's `help` says what it does.
+
+    > Diffusion-DPO objective: `beta`, `loss_type`, `prediction_type`
+    > Images: `resolution`, `center_crop`, `random_flip`, `cache_latents`, `ties`, `allow_size_mismatch`
+    > Model loading: `model_init_kwargs`
+    > Sample images during training: `sample_prompts`, `sample_steps`, `sample_num_inference_steps`,
+    > `sample_guidance_scale`
+    """
+
+    _VALID_DICT_FIELDS = _BaseConfig._VALID_DICT_FIELDS + ["model_init_kwargs"]
+
+    learning_rate: float = field(
+        default=1e-6,
+        metadata={
+            "help": "Initial AdamW learning rate. The authors scale it with the effective batch size: 1e-8 per "
+            "pair for full fine-tuning (2.048e-5 at their batch of 2048 pairs); LoRA usually takes 10-100x more."
+        },
+    )
+
+    # Diffusion-DPO objective
+    beta: float = field(
+        default=DEFAULT_BETA,
+        metadata={
+            "help": "Strength of the implicit KL penalty towards the reference UNet: the authors' `beta_dpo`, used as "
+            "loss = -log sigmoid(-beta/2 * ((err_w - ref_w) - (err_l - ref_l))) with errors averaged over latent "
+            "elements. 5000 is the paper's value for SD 1.5 and SDXL. Larger beta keeps the model closer to the "
+            "reference. Ignored when loss_type='sft'."
+        },
+    )
+    loss_type: str = field(
+        default="sigmoid",
+        metadata={
+            "help": "'sigmoid': Diffusion-DPO (the paper's equation 14). 'sft': the paper's supervised baseline, the "
+            "plain denoising loss on the preferred images only (no reference UNet, rejected images never encoded).",
+            "choices": list(_LOSS_TYPES),
+        },
+    )
+    prediction_type: str | None = field(
+        default=None,
+        metadata={
+            "help": "What the UNet predicts: 'epsilon', 'v_prediction' or 'sample'. None (default) reads the "
+            "pipeline's scheduler config. Setting it also updates the scheduler saved with the model.",
+            "choices": [None, *_PREDICTION_TYPES],
+        },
+    )
+
+    # Images
+    resolution: int | None = field(
+        default=None,
+        metadata={
+            "help": "Side of the square training images in pixels. None (default) uses the UNet's native size, "
+            "unet.config.sample_size * vae_scale_factor (512 for SD 1.5, 1024 for SDXL)."
+        },
+    )
+    center_crop: bool = field(
+        default=True,
+        metadata={"help": "Crop the centre of each resized image (default) or, if False, a random square."},
+    )
+    random_flip: bool = field(
+        default=False,
+        metadata={"help": "Mirror each training image left-right with probability 1/2 (the authors' code does)."},
+    )
+    cache_latents: bool = field(
+        default=False,
+        metadata={
+            "help": "Before training, encode every image with the VAE (its latent mean and log-variance; a new latent "
+            "is still sampled each step) and every caption with the text encoder(s), and train from these: later "
+            "epochs skip the encoders. Random crops and flips are then drawn once. Costs memory/disk: per pair "
+            "2 x 2C x (resolution/8)^2 + L x D floats."
+        },
+    )
+
+    ties: str = field(
+        default="drop",
+        metadata={
+            "help": "Pick-a-Pic pairs with label_0 = 0.5: 'drop' (default, as the authors; the count is logged) or "
+            "'raise' (a tie is an error naming the row).",
+            "choices": ["drop", "raise"],
+        },
+    )
+    allow_size_mismatch: bool = field(
+        default=True,
+        metadata={
+            "help": "Allow the two images of a pair to differ in size (both are resized to `resolution`; SDXL is "
+            "told each original size). False: such a pair is an error naming the row."
+        },
+    )
+
+    # Model loading
+    model_init_kwargs: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Keyword arguments for `DiffusionPipeline.from_pretrained` when the trainer's `model` is a path "
+            "or Hub id, e.g. {'variant': 'fp16', 'revision': 'main'}."
+        },
+    )
+
+    # Sample images during training
+    sample_prompts: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Prompts to render every `sample_steps` optimizer steps with the current model (fixed seed), saved "
+            "as a grid to `<output_dir>/samples/step-<N>.png` and logged to Weights & Biases when `report_to` has "
+            "'wandb'. None (default): no samples."
+        },
+    )
+    sample_steps: int = field(default=500, metadata={"help": "Render `sample_prompts` every this many steps."})
+    sample_num_inference_steps: int = field(default=25, metadata={"help": "Denoising steps for each sample image."})
+    sample_guidance_scale: float | None = field(
+        default=None,
+        metadata={"help": "Classifier-free guidance scale for sample images. None: the pipeline's default."},
+    )
+
+    def __post_init__(self):
+        if not (math.isfinite(self.beta) and self.beta > 0):
+            raise ValueError(f"DiffusionDPOConfig.beta must be a finite number > 0, got {self.beta}.")
+        if self.loss_type not in _LOSS_TYPES:
+            raise ValueError(
+                f"DiffusionDPOConfig.loss_type must be one of {list(_LOSS_TYPES)}, got {self.loss_type!r}."
+            )
+        if self.prediction_type is not None and self.prediction_type not in _PREDICTION_TYPES:
+            raise ValueError(
+                f"DiffusionDPOConfig.prediction_type must be None or one of {list(_PREDICTION_TYPES)}, got "
+                f"{self.prediction_type!r}."
+            )
+        if self.ties not in ("drop", "raise"):
+            raise ValueError(f"DiffusionDPOConfig.ties must be 'drop' or 'raise', got {self.ties!r}.")
+        if self.resolution is not None and self.resolution <= 0:
+            raise ValueError(f"DiffusionDPOConfig.resolution must be a positive integer, got {self.resolution}.")
+        if self.sample_steps <= 0:
+            raise ValueError(f"DiffusionDPOConfig.sample_steps must be a positive integer, got {self.sample_steps}.")
+        if self.sample_num_inference_steps <= 0:
+            raise ValueError(
+                "DiffusionDPOConfig.sample_num_inference_steps must be a positive integer, got "
+                f"{self.sample_num_inference_steps}."
+            )
+        if isinstance(self.sample_prompts, str):
+            self.sample_prompts = [self.sample_prompts]
+        if self.cache_latents and (self.random_flip or not self.center_crop):
+            warnings.warn(
+                "DiffusionDPOConfig.cache_latents=True encodes each image once, so the random crop/flip "
+                "(center_crop=False or random_flip=True) is drawn once per image, not once per epoch.",
+                UserWarning,
+                stacklevel=3,
+            )
+        super().__post_init__()

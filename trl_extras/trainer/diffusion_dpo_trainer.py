@@ -1,0 +1,703 @@
+"""Diffusion-DPO for text-to-image diffusion models, on transformers' ``Trainer`` the way TRL builds its trainers."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import textwrap
+from collections import defaultdict
+from collections.abc import Iterator
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import torch
+from transformers import TrainerCallback, default_data_collator
+from transformers.trainer import TRAINING_ARGS_NAME
+from trl.trainer.base_trainer import _BaseTrainer
+
+from ..collators.diffusion import DiffusionPreferenceCollator
+from ..losses.diffusion_dpo import (
+    denoising_errors,
+    denoising_target,
+    diffusion_dpo_loss,
+    diffusion_sft_loss,
+    implicit_accuracy,
+)
+from .diffusion_dpo_config import DiffusionDPOConfig
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from diffusers import DiffusionPipeline
+    from peft import LoraConfig
+
+__all__ = ["DEFAULT_UNET_LORA_TARGETS", "DiffusionDPOTrainer", "SampleImagesCallback"]
+
+#: LoRA targets when ``peft_config.target_modules`` is None: the attention projections, as diffusers' LoRA scripts.
+DEFAULT_UNET_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+_UNET_DIR = "unet"
+_LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
+# Columns the trainer reads: raw image pairs, or what `cache_latents` stores instead.
+_DATA_COLUMNS = ["caption", "chosen", "rejected"]
+_CACHED_COLUMNS = [
+    "chosen_latent_dist",
+    "rejected_latent_dist",
+    "prompt_embeds",
+    "pooled_prompt_embeds",
+    "chosen_time_ids",
+    "rejected_time_ids",
+]
+
+
+class DiffusionDPOTrainer(_BaseTrainer):
+    r"""
+    Diffusion-DPO: align a text-to-image diffusion model to pairs of preferred / dispreferred images, relative to a
+    frozen reference, without a reward model (Wallace et al. 2023,
+    [arXiv:2311.12908](https://arxiv.org/abs/2311.12908)). Built on [`~transformers.Trainer`] like TRL's trainers:
+    the same arguments, callbacks, checkpoints, `report_to` and `accelerate launch` configs.
+
+    Objective (the paper's equation 14, scaled as the authors' code): one timestep $t$ and one noise $\epsilon$ per
+    pair, shared by the preferred latent $x^w$ and the dispreferred one $x^l$; with per-sample mean squared denoising
+    errors $e_\theta^{w}, e_\theta^{l}$ of the trained UNet and $e_\text{ref}^{w}, e_\text{ref}^{l}$ of the reference,
+
+    $$\mathcal{L} = -\log\sigma\Big(-\frac{\beta}{2}\big[(e_\theta^{w} - e_\text{ref}^{w}) - (e_\theta^{l} -
+    e_\text{ref}^{l})\big]\Big), \qquad \beta = 5000 \text{ by default (the authors' } \beta_\text{dpo}).$$
+
+    The error is against $\epsilon$ for epsilon-prediction models and against the velocity
+    $\sqrt{\bar\alpha_t}\,\epsilon - \sqrt{1-\bar\alpha_t}\,x_0$ for v-prediction models. `loss_type="sft"` trains
+    the paper's SFT baseline, $e_\theta^{w}$ alone. See `trl_extras.losses.diffusion_dpo`.
+
+    Models: UNet pipelines that `DiffusionPipeline.from_pretrained` loads: Stable Diffusion 1.x/2.x (one CLIP text
+    encoder) and SDXL (two encoders, pooled embedding, size/crop micro-conditioning). Only the UNet trains; the VAE and
+    text encoder(s) are frozen. The reference is a frozen copy of the initial UNet for full fine-tuning, or, with
+    `peft_config` (LoRA) or `quantization_config` (QLoRA), the same UNet with its adapters disabled: no second copy.
+    Each step runs one UNet forward over the concatenated `[preferred; dispreferred]` batch with gradients, and one
+    for the reference under `torch.no_grad()`.
+
+    Data: a `datasets.Dataset` of Pick-a-Pic rows (`caption`, `jpg_0`, `jpg_1`, `label_0`; ties dropped and counted)
+    or of `caption`/`chosen`/`rejected` rows, checked and normalised by `trl_extras.data.validate_image_pair_dataset`,
+    then batched by [`~trl_extras.DiffusionPreferenceCollator`].
+
+    Example:
+
+    ```python
+    >>> from datasets import Dataset
+    >>> from PIL import Image
+    >>> from trl_extras import DiffusionDPOConfig, DiffusionDPOTrainer, build_tiny_diffusion_pipeline
+
+    >>> red, blue = Image.new("RGB", (32, 32), (255, 0, 0)), Image.new("RGB", (32, 32), (0, 0, 255))
+    >>> dataset = Dataset.from_list([{"caption": "a red square", "chosen": red, "rejected": blue}] * 8)
+    >>> trainer = DiffusionDPOTrainer(
+    ...     model=build_tiny_diffusion_pipeline("/tmp/tiny-sd"),
+    ...     args=DiffusionDPOConfig("/tmp/diffusion-dpo", max_steps=2, bf16=False, report_to="none"),
+    ...     train_dataset=dataset,
+    ... )
+    >>> trainer.train()
+    ```
+
+    Hooks overridden (the training loop, optimiser, scheduler, logging and checkpoint rotation are `Trainer`'s):
+
+    - `__init__`: loads the pipeline, freezes the VAE/text encoders, adds LoRA or keeps a frozen reference copy, checks
+      the datasets, then calls `Trainer.__init__` with the UNet as `model`; optionally caches latents/embeddings.
+    - `compute_loss`: the objective above; logs `rewards/chosen`, `rewards/rejected`, `rewards/margins`,
+      `rewards/accuracies` (implicit accuracy: pairs where the model beats the reference margin, ties count 1/2) and
+      `diffusion_dpo/{model,ref}_mse_{chosen,rejected}`.
+    - `prediction_step`, `evaluate`, `log`: evaluation through `compute_loss` (with a fixed noise seed per call of
+      `evaluate`) and metric averaging, as TRL's `DPOTrainer` does.
+    - `_set_signature_columns_if_needed`: keeps the image/caption (or cached) columns.
+    - `_save`, `save_model`, `_load_from_checkpoint`, `_load_best_model`: diffusers formats. Full fine-tuning writes
+      the UNet to `<dir>/unet/` (and `save_model()` called by you writes the whole pipeline, so
+      `DiffusionPipeline.from_pretrained(output_dir)` loads it); LoRA writes `pytorch_lora_weights.safetensors`, which
+      `pipeline.load_lora_weights(dir)` loads. Checkpoints resume from these files.
+    - `_save_checkpoint` writes the model card (as TRL's trainers do); `_send_telemetry` sends nothing (TRL's usage
+      ping reads `model.config.model_type`, which diffusers models lack, and counts TRL's own trainers only).
+    """
+
+    _tag_names = ["trl", "trl-extras", "diffusion-dpo", "diffusers", "text-to-image"]
+    _name = "Diffusion-DPO"
+    _paper = {
+        "title": "Diffusion Model Alignment Using Direct Preference Optimization",
+        "id": "2311.12908",
+        # docstyle-ignore
+        "citation": textwrap.dedent("""\
+            @inproceedings{wallace2024diffusion,
+                title        = {{Diffusion Model Alignment Using Direct Preference Optimization}},
+                author       = {Bram Wallace and Meihua Dang and Rafael Rafailov and Linqi Zhou and Aaron Lou and Senthil Purushwalkam and Stefano Ermon and Caiming Xiong and Shafiq Joty and Nikhil Naik},
+                year         = 2024,
+                booktitle    = {IEEE/CVF Conference on Computer Vision and Pattern Recognition, CVPR 2024},
+                pages        = {8228--8238},
+            }"""),
+    }
+    # `compute_loss` returns the mean over the pairs of the micro-batch; `Trainer` divides by the accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(
+        self,
+        model: str | DiffusionPipeline,
+        args: DiffusionDPOConfig | None = None,
+        train_dataset: Dataset | None = None,
+        eval_dataset: Dataset | dict[str, Dataset] | None = None,
+        data_collator: DiffusionPreferenceCollator | None = None,
+        callbacks: list[TrainerCallback] | None = None,
+        optimizers: tuple = (None, None),
+        peft_config: LoraConfig | None = None,
+        quantization_config: Any = None,
+    ):
+        """
+        Args:
+            model: a pipeline directory or Hub id (loaded with `DiffusionPipeline.from_pretrained(model,
+                **args.model_init_kwargs)`), or a loaded `DiffusionPipeline` whose `unet` is trained in place.
+            args: the [`DiffusionDPOConfig`]; defaults to one writing to `./<model name>-DiffusionDPO`.
+            train_dataset, eval_dataset: image preference datasets (see the class docstring).
+            data_collator: defaults to a [`DiffusionPreferenceCollator`] built from `args` and the pipeline's
+                tokenizer(s).
+            callbacks, optimizers: as in `Trainer`.
+            peft_config: a `peft.LoraConfig` for the UNet (LoRA); `target_modules=None` means
+                `DEFAULT_UNET_LORA_TARGETS`. The reference is the UNet with the adapter disabled.
+            quantization_config: QLoRA: a `diffusers.BitsAndBytesConfig` (with `peft_config`) or a
+                `trl_extras.QLoRAConfig` (which also gives the LoRA settings), used to load the UNet in 4 bit when
+                `model` is a path. diffusers' bitsandbytes loader needs a CUDA GPU.
+        """
+        from diffusers import DDPMScheduler
+
+        if args is None:
+            name = model if isinstance(model, str) else "pipeline"
+            args = DiffusionDPOConfig(f"{os.path.basename(str(name).rstrip('/'))}-DiffusionDPO")
+        if train_dataset is None:
+            raise ValueError("DiffusionDPOTrainer needs a `train_dataset`.")
+
+        # Data first: a bad row fails before any model is loaded.
+        train_dataset = _validate(train_dataset, args)
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {key: _validate(value, args) for key, value in eval_dataset.items()}
+        elif eval_dataset is not None:
+            eval_dataset = _validate(eval_dataset, args)
+
+        peft_config, quantization_config = _resolve_qlora(peft_config, quantization_config)
+        pipeline = _load_pipeline(model, args, quantization_config)
+        self.pipeline = pipeline
+        self.is_sdxl = getattr(pipeline.unet.config, "addition_embed_type", None) == "text_time"
+        unet = pipeline.unet
+
+        # Frozen parts.
+        for module in self._frozen_modules():
+            module.requires_grad_(False)
+            module.eval()
+
+        # Trainable UNet: all of it, or LoRA adapters (the reference is then the same UNet, adapters disabled).
+        if peft_config is not None:
+            if getattr(unet, "peft_config", None):
+                raise ValueError(
+                    "`peft_config` was given but the pipeline's UNet already has adapters "
+                    f"({sorted(unet.peft_config)}): pass one or the other."
+                )
+            if peft_config.target_modules is None:
+                peft_config = copy.copy(peft_config)
+                peft_config.target_modules = list(DEFAULT_UNET_LORA_TARGETS)
+            unet.requires_grad_(False)
+            unet.add_adapter(peft_config)
+        self.is_peft = bool(getattr(unet, "peft_config", None))
+        if self.is_peft:
+            for name, parameter in unet.named_parameters():
+                parameter.requires_grad_("lora_" in name)
+        elif getattr(unet, "is_quantized", False):
+            raise ValueError("A quantized UNet can only be trained with LoRA adapters: pass `peft_config`.")
+        else:
+            unet.requires_grad_(True)
+        # Full fine-tuning: a frozen copy of the initial UNet is the reference (the SFT baseline needs none).
+        self.ref_unet = None
+        if not self.is_peft and args.loss_type != "sft":
+            self.ref_unet = copy.deepcopy(unet).requires_grad_(False).eval()
+
+        # transformers' Trainer switches checkpointing on through `model.activation_checkpointing_enable(...)`;
+        # diffusers calls it `enable_gradient_checkpointing()`. Bridge the two names on this UNet.
+        unet.activation_checkpointing_enable = lambda *a, **k: unet.enable_gradient_checkpointing()
+
+        self.noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
+        if args.prediction_type is not None:
+            self.noise_scheduler.register_to_config(prediction_type=args.prediction_type)
+            pipeline.scheduler.register_to_config(prediction_type=args.prediction_type)
+        self.prediction_type = self.noise_scheduler.config.prediction_type
+        self.resolution = args.resolution or unet.config.sample_size * pipeline.vae_scale_factor
+        if self.resolution % pipeline.vae_scale_factor:
+            raise ValueError(
+                f"DiffusionDPOConfig.resolution must be a multiple of the VAE's downsampling factor "
+                f"{pipeline.vae_scale_factor}, got {self.resolution}."
+            )
+
+        if data_collator is None:
+            data_collator = DiffusionPreferenceCollator(
+                tokenizer=pipeline.tokenizer,
+                tokenizer_2=getattr(pipeline, "tokenizer_2", None) if self.is_sdxl else None,
+                resolution=self.resolution,
+                center_crop=args.center_crop,
+                random_flip=args.random_flip,
+                loss_type=args.loss_type,
+            )
+        self.image_collator = data_collator
+
+        self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._eval_generator: torch.Generator | None = None
+
+        super().__init__(
+            model=unet,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=None,
+            callbacks=callbacks,
+            optimizers=optimizers,
+        )
+
+        # Frozen modules live on the device in the mixed-precision dtype; LoRA's base UNet too (adapters stay fp32).
+        device, dtype = self.accelerator.device, self._frozen_dtype()
+        for module in self._frozen_modules():
+            _move(module, device, dtype)
+        if self.args.fp16 and getattr(pipeline.vae.config, "force_upcast", False):  # SDXL's VAE overflows in fp16
+            _move(pipeline.vae, device, torch.float32)
+        if self.is_peft and not getattr(unet, "is_quantized", False):
+            _move(unet, device, dtype)
+            for parameter in unet.parameters():
+                if parameter.requires_grad:
+                    parameter.data = parameter.data.float()
+        if self.ref_unet is not None:
+            if self.is_deepspeed_enabled:
+                from trl.models.utils import prepare_deepspeed
+
+                self.ref_unet = prepare_deepspeed(self.ref_unet, self.accelerator)
+            elif self.is_fsdp_enabled:
+                from trl.models.utils import prepare_fsdp
+
+                self.ref_unet = prepare_fsdp(self.ref_unet, self.accelerator)
+            else:
+                _move(self.ref_unet, device, dtype)
+
+        if args.cache_latents:
+            self.train_dataset = self._cache_dataset(self.train_dataset, "train")
+            if isinstance(self.eval_dataset, dict):
+                self.eval_dataset = {k: self._cache_dataset(v, f"eval {k}") for k, v in self.eval_dataset.items()}
+            elif self.eval_dataset is not None:
+                self.eval_dataset = self._cache_dataset(self.eval_dataset, "eval")
+            self.data_collator = default_data_collator
+
+        if args.sample_prompts:
+            self.add_callback(SampleImagesCallback(self))
+
+    # ------------------------------------------------------------------ model pieces
+
+    def _frozen_modules(self) -> list[torch.nn.Module]:
+        names = ["vae", "text_encoder"] + (["text_encoder_2"] if self.is_sdxl else [])
+        return [getattr(self.pipeline, name) for name in names]
+
+    def _frozen_dtype(self) -> torch.dtype:
+        if self.args.bf16:
+            return torch.bfloat16
+        return torch.float16 if self.args.fp16 else torch.float32
+
+    @contextlib.contextmanager
+    def _reference(self, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+        """The reference UNet: the frozen copy, or ``model`` with its adapters disabled for the duration."""
+        if self.ref_unet is not None:
+            yield self.ref_unet
+            return
+        unet = self.accelerator.unwrap_model(model)
+        unet.disable_adapters()
+        try:
+            yield model
+        finally:
+            unet.enable_adapters()
+
+    # ------------------------------------------------------------------ encoding
+
+    @torch.no_grad()
+    def encode_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Collator output -> what the UNet step needs (and what ``cache_latents`` stores), per pair:
+
+        - ``{side}_latent_dist``: ``(B, 2C, h, w)`` the VAE posterior's mean and log-variance (unscaled);
+        - ``prompt_embeds``: ``(B, L, D)`` text encoder hidden states (SDXL: both encoders' penultimate layers);
+        - SDXL only: ``pooled_prompt_embeds`` ``(B, D2)`` and ``{side}_time_ids`` ``(B, 6)`` (original size, crop
+          top-left, target size).
+        """
+        pipeline, device = self.pipeline, self.accelerator.device
+        sides = ("chosen",) if self.args.loss_type == "sft" else ("chosen", "rejected")
+        encoded = {}
+        with self.accelerator.autocast():
+            for side in sides:
+                pixels = batch[f"{side}_pixel_values"].to(device, dtype=pipeline.vae.dtype)
+                encoded[f"{side}_latent_dist"] = pipeline.vae.encode(pixels).latent_dist.parameters.float()
+                if self.is_sdxl:
+                    target = torch.tensor([self.resolution, self.resolution]).expand(len(pixels), 2)
+                    time_ids = [batch[f"{side}_original_sizes"], batch[f"{side}_crop_top_lefts"], target]
+                    encoded[f"{side}_time_ids"] = torch.cat([t.to(device) for t in time_ids], dim=1).float()
+            input_ids = batch["input_ids"].to(device)
+            if not self.is_sdxl:
+                encoded["prompt_embeds"] = pipeline.text_encoder(input_ids)[0].float()
+            else:
+                first = pipeline.text_encoder(input_ids, output_hidden_states=True)
+                second = pipeline.text_encoder_2(batch["input_ids_2"].to(device), output_hidden_states=True)
+                encoded["prompt_embeds"] = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], -1).float()
+                encoded["pooled_prompt_embeds"] = second.text_embeds.float()
+        return encoded
+
+    def _cache_dataset(self, dataset: Dataset, name: str) -> Dataset:
+        """``cache_latents``: map ``dataset`` through the image collator and ``encode_batch`` once."""
+        import uuid
+
+        def encode(rows: dict[str, list]) -> dict[str, Any]:
+            features = [dict(zip(rows, values)) for values in zip(*rows.values())]
+            return {
+                key: value.cpu().numpy() for key, value in self.encode_batch(self.image_collator(features)).items()
+            }
+
+        return dataset.map(
+            encode,
+            batched=True,
+            batch_size=self.args.per_device_train_batch_size,
+            remove_columns=dataset.column_names,
+            new_fingerprint=uuid.uuid4().hex,  # the encoders are not hashable; never reuse a stale cache
+            desc=f"Caching VAE latents and text embeddings ({name})",
+        ).with_format("torch")
+
+    def _sample_latents(self, latent_dist: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Draw a latent from the VAE posterior parameters and scale it as the UNet expects. ``(B, 2C, h, w) ->
+        (B, C, h, w)``"""
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        config = self.pipeline.vae.config
+        latents = DiagonalGaussianDistribution(latent_dist.float()).sample(generator=generator)
+        if getattr(config, "shift_factor", None) is not None:
+            latents = latents - config.shift_factor
+        return latents * config.scaling_factor
+
+    def _draw(self, sample, shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
+        """``sample(shape)`` for this process. transformers seeds every process alike, so all processes draw one
+        block for all of them (their RNG streams stay in step) and each keeps its own slice: no two processes share
+        noise or timesteps."""
+        processes, rank = self.accelerator.num_processes, self.accelerator.process_index
+        device = self.accelerator.device if generator is None else generator.device
+        block = sample((processes * shape[0], *shape[1:]), generator=generator, device=device)
+        return block[rank * shape[0] : (rank + 1) * shape[0]].to(self.accelerator.device)
+
+    # ------------------------------------------------------------------ loss
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if "prompt_embeds" not in inputs:  # raw images; with `cache_latents` the dataset already holds these
+            inputs = self.encode_batch(inputs)
+        mode = "train" if self.model.training else "eval"
+        generator = None if mode == "train" else self._eval_generator
+        sides = ("chosen",) if self.args.loss_type == "sft" else ("chosen", "rejected")
+
+        # [chosen; rejected] latents, one noise and one timestep per pair, shared by both images
+        latents = torch.cat([self._sample_latents(inputs[f"{side}_latent_dist"], generator) for side in sides])
+        num_pairs = inputs["prompt_embeds"].shape[0]
+        noise = self._draw(torch.randn, latents[:num_pairs].shape, generator).repeat(len(sides), 1, 1, 1)
+        num_timesteps = self.noise_scheduler.config.num_train_timesteps
+        timesteps = self._draw(partial(torch.randint, 0, num_timesteps), (num_pairs,), generator).repeat(len(sides))
+        noisy_latents = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        target = denoising_target(self.prediction_type, latents, noise, timesteps, self.noise_scheduler)
+        conditioning = {"encoder_hidden_states": inputs["prompt_embeds"].repeat(len(sides), 1, 1)}
+        if self.is_sdxl:
+            conditioning["added_cond_kwargs"] = {
+                "text_embeds": inputs["pooled_prompt_embeds"].repeat(len(sides), 1),
+                "time_ids": torch.cat([inputs[f"{side}_time_ids"] for side in sides]),
+            }
+
+        model_pred = model(noisy_latents, timesteps, **conditioning, return_dict=False)[0]
+        model_errors = denoising_errors(model_pred, target)  # (len(sides) * B,)
+        metrics = {}
+        if self.args.loss_type == "sft":
+            losses = diffusion_sft_loss(model_errors)
+            metrics["diffusion_dpo/model_mse_chosen"] = model_errors.detach()
+        else:
+            with torch.no_grad(), self.accelerator.autocast(), self._reference(model) as reference:
+                ref_pred = reference(noisy_latents, timesteps, **conditioning, return_dict=False)[0]
+            ref_errors = denoising_errors(ref_pred, target)
+            model_errors_w, model_errors_l = model_errors.chunk(2)
+            ref_errors_w, ref_errors_l = ref_errors.chunk(2)
+            losses, chosen_rewards, rejected_rewards = diffusion_dpo_loss(
+                model_errors_w, model_errors_l, ref_errors_w, ref_errors_l, beta=self.args.beta
+            )
+            chosen_rewards, rejected_rewards = chosen_rewards.detach(), rejected_rewards.detach()
+            metrics.update(
+                {
+                    "rewards/chosen": chosen_rewards,
+                    "rewards/rejected": rejected_rewards,
+                    "rewards/margins": chosen_rewards - rejected_rewards,
+                    "rewards/accuracies": implicit_accuracy(chosen_rewards, rejected_rewards),
+                    "diffusion_dpo/model_mse_chosen": model_errors_w.detach(),
+                    "diffusion_dpo/model_mse_rejected": model_errors_l.detach(),
+                    "diffusion_dpo/ref_mse_chosen": ref_errors_w,
+                    "diffusion_dpo/ref_mse_rejected": ref_errors_l,
+                }
+            )
+        for key, value in metrics.items():
+            self._metrics[mode][key].append(self.accelerator.gather(value).mean().item())
+        loss = losses.mean()
+        return (loss, metrics) if return_outputs else loss
+
+    # ------------------------------------------------------------------ evaluation and logging (as TRL's DPOTrainer)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        # the same noise and timesteps at every evaluation, so eval metrics compare across steps
+        self._eval_generator = torch.Generator().manual_seed(self.args.seed)
+        try:
+            return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        finally:
+            self._eval_generator = None
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        metrics = {key: sum(values) / len(values) for key, values in self._metrics[mode].items()}
+        if mode == "eval":
+            metrics = {f"eval_{key}": value for key, value in metrics.items()}
+        logs.update(metrics)
+        super().log(logs, start_time)
+        self._metrics[mode].clear()
+
+    def _set_signature_columns_if_needed(self):
+        if self._signature_columns is None:
+            self._signature_columns = _DATA_COLUMNS + _CACHED_COLUMNS
+
+    def _send_telemetry(self):
+        return
+
+    # ------------------------------------------------------------------ saving and loading (diffusers formats)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        unet = self.accelerator.unwrap_model(self.model)
+        if self.is_peft:
+            from diffusers.utils import convert_state_dict_to_diffusers
+            from peft.utils import get_peft_model_state_dict
+
+            lora_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, state_dict=state_dict))
+            type(self.pipeline).save_lora_weights(
+                output_dir,
+                unet_lora_layers=lora_layers,
+                unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
+            )
+        elif state_dict is None:
+            unet.save_pretrained(os.path.join(output_dir, _UNET_DIR))
+        else:  # gathered by DeepSpeed / FSDP
+            import safetensors.torch
+
+            unet.save_config(os.path.join(output_dir, _UNET_DIR))
+            safetensors.torch.save_file(
+                {key: value.contiguous() for key, value in state_dict.items()},
+                os.path.join(output_dir, _UNET_DIR, "diffusion_pytorch_model.safetensors"),
+            )
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        super().save_model(output_dir, _internal_call=_internal_call)
+        if _internal_call or self.is_peft or not self.args.should_save:
+            return
+        # A full fine-tune saved by the user: write the frozen components next to `unet/`, so the directory is a
+        # complete pipeline (`DiffusionPipeline.from_pretrained(output_dir)`).
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        self.pipeline.save_config(output_dir)
+        for name, component in self.pipeline.components.items():
+            if name != "unet" and hasattr(component, "save_pretrained"):
+                component.save_pretrained(os.path.join(output_dir, name))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        unet = self.accelerator.unwrap_model(model if model is not None else self.model)
+        lora_file = os.path.join(resume_from_checkpoint, _LORA_WEIGHTS_NAME)
+        unet_dir = os.path.join(resume_from_checkpoint, _UNET_DIR)
+        if self.is_peft and os.path.isfile(lora_file):
+            _load_lora_into(unet, lora_file)
+        elif not self.is_peft and os.path.isdir(unet_dir):
+            saved = type(unet).from_pretrained(unet_dir, torch_dtype=unet.dtype)
+            unet.load_state_dict(saved.state_dict())
+        else:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_best_model(self):
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super()._load_best_model()
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+    def _save_checkpoint(self, model, trial):
+        model_name = (self.args.hub_model_id or os.path.basename(self.args.output_dir.rstrip("/"))).split("/")[-1]
+        self.create_model_card(model_name=model_name)
+        super()._save_checkpoint(model, trial)
+
+    # ------------------------------------------------------------------ sample images
+
+    @torch.no_grad()
+    def generate_samples(self, prompts: list[str]):
+        """Render ``prompts`` with the current UNet (seed ``args.seed``); returns a list of PIL images."""
+        unet = self.accelerator.unwrap_model(self.model)
+        was_training = unet.training
+        unet.eval()
+        kwargs = {"num_inference_steps": self.args.sample_num_inference_steps}
+        if self.args.sample_guidance_scale is not None:
+            kwargs["guidance_scale"] = self.args.sample_guidance_scale
+        generator = torch.Generator(device="cpu").manual_seed(self.args.seed)
+        self.pipeline.set_progress_bar_config(disable=True)
+        try:
+            with self.accelerator.autocast():
+                images = self.pipeline(
+                    prompts, generator=generator, height=self.resolution, width=self.resolution, **kwargs
+                ).images
+        finally:
+            unet.train(was_training)
+        return images
+
+
+class SampleImagesCallback(TrainerCallback):
+    """Every ``args.sample_steps`` steps, render ``args.sample_prompts`` with the model being trained.
+
+    The images go, as one grid, to ``<output_dir>/samples/step-<N>.png``, and to Weights & Biases (one image per
+    prompt, key ``diffusion_dpo/samples``) when a wandb run is active. Only the main process renders.
+    """
+
+    def __init__(self, trainer: DiffusionDPOTrainer):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % args.sample_steps != 0 or not state.is_world_process_zero:
+            return
+        from diffusers.utils import make_image_grid
+
+        prompts = list(args.sample_prompts)
+        images = self.trainer.generate_samples(prompts)
+        directory = os.path.join(args.output_dir, "samples")
+        os.makedirs(directory, exist_ok=True)
+        make_image_grid(images, rows=1, cols=len(images)).save(
+            os.path.join(directory, f"step-{state.global_step}.png")
+        )
+        if "wandb" in (args.report_to or []):
+            import wandb
+
+            if wandb.run is not None:
+                wandb.log(
+                    {
+                        "diffusion_dpo/samples": [wandb.Image(im, caption=p) for im, p in zip(images, prompts)],
+                        "train/global_step": state.global_step,
+                    }
+                )
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _resolve_qlora(peft_config, quantization_config):
+    """A ``trl_extras.QLoRAConfig`` becomes a diffusers ``BitsAndBytesConfig`` plus (if none given) a LoRA config."""
+    from ..quantization import QLoRAConfig
+
+    if not isinstance(quantization_config, QLoRAConfig):
+        return peft_config, quantization_config
+    qlora = quantization_config
+    if peft_config is None:
+        from peft import LoraConfig
+
+        targets = qlora.lora_target_modules
+        peft_config = LoraConfig(
+            r=qlora.lora_r,
+            lora_alpha=qlora.lora_alpha,
+            lora_dropout=qlora.lora_dropout,
+            target_modules=None if targets == "all-linear" else targets,  # UNet: the attention projections
+            init_lora_weights="gaussian",
+        )
+    if not qlora.load_in_4bit:
+        return peft_config, None
+    from diffusers import BitsAndBytesConfig
+
+    return peft_config, BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=qlora.bnb_4bit_quant_type,
+        bnb_4bit_use_double_quant=qlora.bnb_4bit_use_double_quant,
+        bnb_4bit_compute_dtype=qlora.compute_dtype,
+    )
+
+
+def _load_pipeline(model, args: DiffusionDPOConfig, quantization_config) -> DiffusionPipeline:
+    from diffusers import DiffusionPipeline, UNet2DConditionModel
+
+    if isinstance(model, str):
+        kwargs = dict(args.model_init_kwargs or {})
+        index = DiffusionPipeline.load_config(model, **{k: v for k, v in kwargs.items() if k in ("revision",)})
+        if "safety_checker" in index:  # SD 1.x ships an NSFW classifier the trainer never uses
+            kwargs.setdefault("safety_checker", None)
+            kwargs.setdefault("requires_safety_checker", False)
+        if quantization_config is not None:
+            if not torch.cuda.is_available():
+                raise RuntimeError(
+                    "`quantization_config` (QLoRA) loads the UNet in 4 bit through diffusers' bitsandbytes "
+                    "quantizer, which requires a CUDA GPU (diffusers raises 'No GPU found' on CPU). Train with LoRA "
+                    "only (`peft_config`) on this machine."
+                )
+            unet_kwargs = {k: v for k, v in kwargs.items() if k in ("revision", "variant", "torch_dtype")}
+            kwargs["unet"] = UNet2DConditionModel.from_pretrained(
+                model, subfolder="unet", quantization_config=quantization_config, **unet_kwargs
+            )
+        pipeline = DiffusionPipeline.from_pretrained(model, **kwargs)
+    else:
+        if quantization_config is not None:
+            raise ValueError(
+                "`quantization_config` only applies when `model` is a path; a loaded pipeline is used as it is."
+            )
+        pipeline = model
+    unet = getattr(pipeline, "unet", None)
+    if unet is None or getattr(pipeline, "vae", None) is None or getattr(pipeline, "text_encoder", None) is None:
+        raise ValueError(
+            "DiffusionDPOTrainer trains UNet text-to-image pipelines (Stable Diffusion 1.x/2.x, SDXL) with `unet`, "
+            f"`vae` and `text_encoder` components; got {type(pipeline).__name__} with components "
+            f"{sorted(name for name, value in pipeline.components.items() if value is not None)}."
+        )
+    if (
+        getattr(unet.config, "addition_embed_type", None) == "text_time"
+        and getattr(pipeline, "text_encoder_2", None) is None
+    ):
+        raise ValueError("This SDXL-style UNet needs the pipeline's `text_encoder_2` (pooled text embeddings).")
+    return pipeline
+
+
+def _move(module: torch.nn.Module, device, dtype: torch.dtype) -> None:
+    """``module.to(device, dtype)``, casting only when the dtype changes (diffusers warns about every cast)."""
+    module.to(device)
+    if module.dtype != dtype:
+        module.to(dtype=dtype)
+
+
+def _validate(dataset, args: DiffusionDPOConfig):
+    """Check and normalise an image preference dataset with the shared data layer (``datasets.Dataset`` only)."""
+    from datasets import Dataset, IterableDataset
+
+    from ..data import validate_image_pair_dataset
+
+    if args.cache_latents and not isinstance(dataset, Dataset):
+        raise TypeError(
+            f"DiffusionDPOConfig.cache_latents=True needs `datasets.Dataset`s (it maps them once), got "
+            f"{type(dataset).__name__}."
+        )
+    if not isinstance(dataset, (Dataset, IterableDataset)):
+        return dataset
+
+    return validate_image_pair_dataset(
+        dataset, ties=args.ties, on_invalid="raise", allow_size_mismatch=args.allow_size_mismatch
+    )
+
+
+def _load_lora_into(unet: torch.nn.Module, lora_file: str) -> None:
+    """Load a ``pytorch_lora_weights.safetensors`` written by ``_save`` into the UNet's ``default`` adapter."""
+    import safetensors.torch
+    from diffusers.utils import convert_unet_state_dict_to_peft
+    from peft.utils import set_peft_model_state_dict
+
+    state_dict = safetensors.torch.load_file(lora_file)
+    state_dict = {key.removeprefix("unet."): value for key, value in state_dict.items() if key.startswith("unet.")}
+    result = set_peft_model_state_dict(unet, convert_unet_state_dict_to_peft(state_dict), adapter_name="default")
+    if getattr(result, "unexpected_keys", None):
+        raise ValueError(f"{lora_file} has LoRA weights this UNet's adapter does not: {result.unexpected_keys[:5]}")
