@@ -14,15 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ._common import (
-    RLScriptArguments,
-    build_parser,
-    load_datasets,
-    load_model,
-    resolve_model_path,
-    reward_funcs_from_args,
-    train_and_save,
-)
+from ._common import RLScriptArguments, build_parser, resolve_model_path, reward_funcs_from_args, train_policy
 
 
 @dataclass
@@ -43,16 +35,16 @@ def main(script_args, training_args, model_args, dataset_args):
     value_model = None
     if script_args.value_model_name_or_path:
         value_model = resolve_model_path(script_args.value_model_name_or_path, "value_model_name_or_path")
-    train_dataset, eval_dataset = load_datasets(script_args, dataset_args, training_args, default_subset="prompt")
-    trainer = PPOTrainer(
-        **load_model(model_args, training_args),
+    return train_policy(
+        PPOTrainer,
+        script_args,
+        training_args,
+        model_args,
+        dataset_args,
+        subset="prompt",
         reward_funcs=reward_funcs,
         value_model=value_model,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
     )
-    return train_and_save(trainer, script_args, training_args, role="policy")
 
 
 def make_parser(prog: str = "trl-extras ppo"):

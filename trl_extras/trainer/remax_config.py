@@ -7,13 +7,7 @@ from dataclasses import dataclass, field
 from trl import GRPOConfig
 
 from ..losses.remax import SCALE_REWARDS
-
-
-class _PassesGroupCheck(int):
-    """The integer 1, which GRPOConfig's ``num_generations < 2`` check lets through (see ``ReMaxConfig.__post_init__``)."""
-
-    def __lt__(self, other):
-        return False if other == 2 else int(self) < other
+from ._grpo_config import grpo_post_init
 
 
 @dataclass
@@ -93,14 +87,4 @@ class ReMaxConfig(GRPOConfig):
                 f"sum of per-function reward differences to the greedy completion, got {self.multi_objective_aggregation!r}."
             )
 
-        if self.num_generations > 1:
-            super().__post_init__()
-            return
-        # GRPOConfig rejects `num_generations < 2` because GRPO's baseline is the group mean. ReMax's baseline is the
-        # greedy completion, so one sample per prompt is valid: let the parent validate everything else with a 1 that
-        # passes that single check, then put back a plain int.
-        self.num_generations = _PassesGroupCheck(1)
-        try:
-            super().__post_init__()
-        finally:
-            self.num_generations = 1
+        grpo_post_init(self)  # GRPOConfig's checks, with one sample per prompt allowed (the greedy baseline's setting)

@@ -1,0 +1,154 @@
+"""Per-token value models (critics) for PPO, built from ordinary sequence classifiers.
+
+A reward model is an ``AutoModelForSequenceClassification`` with one label: a transformer backbone and a linear
+``score`` head that TRL reads at the last token. Read at *every* position instead, the same network predicts a value
+``V(s_t)`` for each prefix, which is all a PPO critic is. So a value model here is any one-label sequence classifier of a
+decoder (or a ``peft.PeftModel`` of one), saved and loaded with ``save_pretrained``/``from_pretrained``; no custom
+value-head class and no custom checkpoint format.
+
+```python
+from transformers import AutoModelForSequenceClassification
+from trl_extras.trainer.value_model import per_token_values
+
+critic = AutoModelForSequenceClassification.from_pretrained(reward_model_path, num_labels=1)
+values = per_token_values(critic, input_ids, attention_mask, logits_to_keep=completion_length)  # (B, C)
+```
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import torch
+from torch import nn
+from transformers import AutoModelForSequenceClassification, PreTrainedModel
+
+__all__ = [
+    "PerTokenValueModel",
+    "load_value_weights",
+    "per_token_values",
+    "value_model_from_policy",
+    "value_model_from_pretrained",
+]
+
+
+def _unwrap_peft(model: nn.Module) -> nn.Module:
+    return model.get_base_model() if hasattr(model, "get_base_model") and hasattr(model, "peft_config") else model
+
+
+def _backbone_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    base = _unwrap_peft(model)
+    prefix = getattr(base, "base_model_prefix", None)
+    backbone = getattr(base, prefix, None) if prefix else None
+    head = getattr(base, "score", None)
+    if backbone is None or not isinstance(head, nn.Module):
+        raise ValueError(
+            f"The value model ({type(base).__name__}) must be a one-label `AutoModelForSequenceClassification` of a "
+            "decoder: a backbone under `base_model_prefix` and a linear `score` head applied to every position."
+        )
+    return backbone, head
+
+
+def per_token_values(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    logits_to_keep: int,
+    batch_size: int | None = None,
+) -> torch.Tensor:
+    """``V(s_t)`` for each of the last ``logits_to_keep`` tokens of ``input_ids``: the score head on the hidden state
+    of the position *before* the token, i.e. the value of the state the token was sampled in.
+
+    Args:
+        model: one-label sequence classifier (or a ``PeftModel`` of one).
+        input_ids: ``(B, L)`` prompt (left-padded) followed by the completion (right-padded).
+        attention_mask: ``(B, L)``.
+        logits_to_keep: ``C``, the completion length.
+        batch_size: forward in chunks of this many rows (memory); ``None`` for one chunk.
+
+    Returns:
+        ``(B, C)`` float32 values, unmasked.
+    """
+    backbone, head = _backbone_and_head(model)
+    batch_size = batch_size or input_ids.size(0)
+    chunks = []
+    for start in range(0, input_ids.size(0), batch_size):
+        ids = input_ids[start : start + batch_size]
+        mask = attention_mask[start : start + batch_size]
+        position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding does not shift positions
+        hidden = backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False)[0]
+        hidden = hidden[:, -logits_to_keep - 1 : -1]  # (b, C, H): states s_t = (prompt, completion[:t])
+        chunks.append(head(hidden).squeeze(-1).float())  # (b, C)
+    return torch.cat(chunks, dim=0)
+
+
+class PerTokenValueModel(nn.Module):
+    """``per_token_values`` as a module's ``forward``, so a data-parallel wrapper sees the forward it has to sync."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, logits_to_keep, batch_size=None):
+        return per_token_values(self.model, input_ids, attention_mask, logits_to_keep, batch_size)
+
+
+def value_model_from_pretrained(path: str, **kwargs) -> PreTrainedModel:
+    """A one-label sequence classifier from ``path`` (a reward model, or a causal LM whose ``score`` head is new).
+
+    ``dtype`` defaults to float32, as TRL does for models it loads from a path.
+    """
+    kwargs = dict(kwargs)
+    kwargs.setdefault("dtype", torch.float32)
+    return AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
+
+
+def value_model_from_policy(policy: nn.Module, **kwargs) -> PreTrainedModel:
+    """A value model with the policy's backbone and a freshly initialised scalar ``score`` head.
+
+    Loaded from the policy's checkpoint directory when it has one (this also covers quantized and PEFT policies: the
+    value model gets full-precision base weights); otherwise the backbone weights are copied from ``policy``.
+    """
+    base = _unwrap_peft(policy)
+    source = getattr(base.config, "_name_or_path", None)
+    if source and os.path.isdir(source):
+        return value_model_from_pretrained(source, **kwargs)
+    if getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False) or base is not policy:
+        raise ValueError(
+            "Cannot build a value model from a quantized or PEFT policy that was not loaded from a local directory; "
+            "pass `value_model` (a path or a one-label sequence classifier) to the trainer."
+        )
+    config = copy.deepcopy(base.config)
+    config.num_labels = 1
+    value_model = AutoModelForSequenceClassification.from_config(config, dtype=kwargs.get("dtype", torch.float32))
+    backbone, _ = _backbone_and_head(value_model)
+    backbone.load_state_dict(getattr(base, base.base_model_prefix).state_dict())
+    return value_model
+
+
+def load_value_weights(model: nn.Module, directory: str) -> None:
+    """Load weights written by ``model.save_pretrained(directory)`` back into ``model``, in place.
+
+    In place matters on resume: the optimizer already holds these parameter objects.
+    """
+    from safetensors.torch import load_file
+
+    if hasattr(model, "peft_config"):
+        from peft import set_peft_model_state_dict
+        from peft.utils import load_peft_weights
+
+        set_peft_model_state_dict(model, load_peft_weights(directory))
+        return
+    files = sorted(name for name in os.listdir(directory) if name.endswith(".safetensors"))
+    if not files:
+        raise FileNotFoundError(f"No .safetensors weights in {directory} to load the value model from.")
+    state_dict = {}
+    for name in files:
+        state_dict.update(load_file(os.path.join(directory, name)))
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"The value model weights in {directory} do not match the value model: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}."
+        )
