@@ -53,8 +53,6 @@ def test_config_header_has_the_launch_command_and_the_two_lines_to_change(config
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda path: path.stem)
 def test_config_trains_two_steps_offline(config, builtin_cache, tmp_path, capsys):
     command = cli.SUBCOMMANDS[subcommand_of(config)]
-    if not command.available():
-        pytest.skip(f"{command.trainer_module} is not in this tree yet")
     status, out, err = run_cli([command.name, "--config", config, "--output_dir", tmp_path, *FAST], capsys)
     assert status == 0, err[-3000:]
     assert "before training:" in out and "-> after" in out  # the before/after report on the built-in task
@@ -65,8 +63,6 @@ def test_config_trains_two_steps_offline(config, builtin_cache, tmp_path, capsys
 @pytest.mark.slow
 def test_main_job_raises_the_ground_truth_reward(builtin_cache, tmp_path, capsys):
     """The README's main job, as shipped: ReMax makes the tiny policy's sampled reviews more positive."""
-    if not cli.SUBCOMMANDS["remax"].available():
-        pytest.skip("ReMaxTrainer is not in this tree yet")
     argv = ["remax", "--config", REPO / "configs/remax.yaml", "--output_dir", tmp_path, "--disable_tqdm", "true"]
     status, out, err = run_cli(argv, capsys)
     assert status == 0, err[-3000:]
@@ -337,7 +333,7 @@ def test_reward_resolution(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "name", ["sft", "reward", "grpo", "rloo", "dpo", "unlikelihood", "remax", "mdpo", "diffusion_dpo"]
+    "name", ["sft", "reward", "grpo", "rloo", "dpo", "unlikelihood", "remax", "ppo", "mdpo", "diffusion_dpo"]
 )
 def test_example_scripts_are_the_cli_with_the_shipped_config(name, monkeypatch):
     calls = []

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import importlib.util
 import os
 import sys
 from dataclasses import dataclass
@@ -33,15 +32,11 @@ __all__ = ["SUBCOMMANDS", "Subcommand", "main"]
 
 @dataclass(frozen=True)
 class Subcommand:
-    """One ``trl-extras`` subcommand: its script module and the trainer module it needs."""
+    """One ``trl-extras`` subcommand and its script module."""
 
     name: str
     help: str
     script: str  # module with make_parser() and main(script_args, training_args, model_args, dataset_args)
-    trainer_module: str | None = None  # ours: the subcommand exists only where this module imports
-
-    def available(self) -> bool:
-        return self.trainer_module is None or importlib.util.find_spec(self.trainer_module) is not None
 
 
 SUBCOMMANDS: dict[str, Subcommand] = {
@@ -56,28 +51,14 @@ SUBCOMMANDS: dict[str, Subcommand] = {
             "unlikelihood",
             "likelihood on chosen, unlikelihood on rejected (UnlikelihoodTrainer)",
             "trl_extras.scripts.unlikelihood",
-            "trl_extras.trainer.unlikelihood_trainer",
         ),
-        Subcommand(
-            "remax",
-            "REINFORCE with a greedy baseline (ReMaxTrainer)",
-            "trl_extras.scripts.remax",
-            "trl_extras.trainer.remax_trainer",
-        ),
-        Subcommand(
-            "ppo", "PPO with a value model (PPOTrainer)", "trl_extras.scripts.ppo", "trl_extras.trainer.ppo_trainer"
-        ),
-        Subcommand(
-            "mdpo",
-            "multimodal DPO for vision-language models (MDPOTrainer)",
-            "trl_extras.scripts.mdpo",
-            "trl_extras.trainer.mdpo_trainer",
-        ),
+        Subcommand("remax", "REINFORCE with a greedy baseline (ReMaxTrainer)", "trl_extras.scripts.remax"),
+        Subcommand("ppo", "PPO with a value model (PPOTrainer)", "trl_extras.scripts.ppo"),
+        Subcommand("mdpo", "multimodal DPO for vision-language models (MDPOTrainer)", "trl_extras.scripts.mdpo"),
         Subcommand(
             "diffusion-dpo",
             "DPO for text-to-image diffusion models (DiffusionDPOTrainer)",
             "trl_extras.scripts.diffusion_dpo",
-            "trl_extras.trainer.diffusion_dpo_trainer",
         ),
     ]
 }
@@ -107,10 +88,10 @@ def _dests(parser) -> set[str]:
 
 
 def _owners(key: str, exclude: str) -> list[str]:
-    """The other available subcommands that accept ``key``."""
+    """The other subcommands that accept ``key``."""
     owners = []
     for command in SUBCOMMANDS.values():
-        if command.name == exclude or not command.available():
+        if command.name == exclude:
             continue
         try:
             parser = importlib.import_module(command.script).make_parser()
@@ -237,8 +218,7 @@ def _relaunch_with_accelerate(command: str, training_argv: list[str], launch_arg
 def _overview() -> str:
     lines = ["usage: trl-extras <subcommand> [--config FILE.yaml] [--field value ...]", "", "subcommands:"]
     for command in SUBCOMMANDS.values():
-        note = "" if command.available() else "  (not available: its trainer is not installed)"
-        lines.append(f"  {command.name:<14} {command.help}{note}")
+        lines.append(f"  {command.name:<14} {command.help}")
     lines += [
         "",
         "`trl-extras <subcommand> --help` lists every option. Configs for each subcommand are in configs/;",
@@ -326,12 +306,6 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
-    if not command.available():
-        print(
-            f"{prog}: error: this install has no {command.trainer_module} module, so `{name}` is not available.",
-            file=sys.stderr,
-        )
-        return EXIT_RUNTIME
 
     debug = os.environ.get("TRL_EXTRAS_DEBUG", "") not in ("", "0")
     try:
