@@ -1,6 +1,6 @@
 """The DPO paper's reward-KL frontier in miniature, on the built-in offline sentiment task.
 
-    python benchmarks/frontier.py --workers 2 --docs docs/benchmarks.md --plot docs/frontier.png   # full, ~12 min
+    python benchmarks/frontier.py --workers 2 --docs docs/benchmarks.md --plot docs/frontier.png   # full, ~6 min on 2 cores
     python benchmarks/frontier.py --quick --output_dir /tmp/frontier                                # smoke run (CI)
 
 Rafailov et al. 2023 (https://arxiv.org/abs/2305.18290), figure 2: on controlled-sentiment generation, with a
