@@ -15,7 +15,7 @@ sentiment classifier, a 0.2M-parameter policy in place of GPT-2):
    DPO (``beta``), Unlikelihood (``rejected_weight``, the paper's alpha), Preferred-FT (TRL's ``SFTTrainer`` on the
    chosen responses; knob: training steps), and, trained against the learned reward model as in RLHF, PPO
    (``kl_coef``), ReMax, GRPO and RLOO (``beta``). Best-of-N samples N completions from the SFT model and keeps the
-   one the learned reward model prefers (``trl_extras.best_of_n``), for several N.
+   one the learned reward model prefers (``trl_extras.best_of_n``, in ``trl_extras/sampling.py``), for several N.
 4. Evaluation, always with the ground truth, on the held-out review openings: the mean ground-truth reward of
    completions sampled from the policy, and the Monte Carlo sequence KL to the SFT model on those same samples
    (``frontier_metrics.sequence_kl``). Best-of-N's KL is estimated from the reward-model scores of its draws
@@ -298,7 +298,7 @@ def evaluate_best_of_n(n: int, seed: int, setup: Setup) -> dict[str, float]:
     """Best-of-n from the SFT model under the learned reward; KL estimated from the draws and given analytically."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trl_extras.best_of_n import best_of_n, best_of_n_kl
+    from trl_extras.sampling import best_of_n, best_of_n_kl
     from trl_extras.tasks import sentiment
 
     sizes = setup.sizes

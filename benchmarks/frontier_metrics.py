@@ -14,7 +14,7 @@
   samples. Best-of-n puts mass ``F(r)^n - F(r-)^n`` on the outputs of reward ``r`` (``F`` the reward's CDF under the
   base policy), spread over them in proportion to the base policy, so the KL is that of the reward levels (Beirami et
   al. 2024, https://arxiv.org/abs/2401.01879). With no ties it tends to the analytic ``log n - (n - 1) / n``
-  (``trl_extras.best_of_n.best_of_n_kl``); ties (the same completion drawn twice) make it smaller.
+  (``trl_extras.best_of_n_kl``); ties (the same completion drawn twice) make it smaller.
 - ``mean_and_spread``: mean and sample standard deviation over seeds.
 """
 

@@ -13,7 +13,7 @@ sys.path.insert(0, str(BENCHMARKS))
 
 import frontier_metrics as fm  # noqa: E402
 
-from trl_extras.best_of_n import best_of_n_kl  # noqa: E402
+from trl_extras.sampling import best_of_n_kl  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

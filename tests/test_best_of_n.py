@@ -1,3 +1,4 @@
+import inspect
 import math
 
 import pytest
@@ -5,7 +6,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from trl_extras import best_of_n
-from trl_extras.best_of_n import best_of_n_kl
+from trl_extras.sampling import best_of_n_kl
 
 
 def count_e(prompts, completions, **kwargs):
@@ -71,3 +72,19 @@ def test_analytic_kl():
     assert best_of_n_kl(4) == pytest.approx(math.log(4) - 0.75)
     with pytest.raises(ValueError, match="n must be >= 1"):
         best_of_n_kl(0)
+
+
+def test_public_names_are_not_shadowed_by_submodules():
+    """`from trl_extras import best_of_n` is the function even after every submodule has been imported (a submodule
+    named like a public function would replace it on the package)."""
+    import importlib
+    import pkgutil
+
+    import trl_extras
+
+    for module in pkgutil.walk_packages(trl_extras.__path__, "trl_extras."):
+        importlib.import_module(module.name)
+    for name in trl_extras.__all__:
+        value = getattr(trl_extras, name)
+        assert not inspect.ismodule(value), name
+    assert trl_extras.best_of_n is best_of_n and trl_extras.best_of_n_kl is best_of_n_kl

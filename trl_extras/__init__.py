@@ -47,7 +47,8 @@ _LAZY_NAMES: dict[str, str] = {
     "DiffusionDPOConfig": "trl_extras.trainer.diffusion_dpo_config",
     "DiffusionDPOTrainer": "trl_extras.trainer.diffusion_dpo_trainer",
     # utilities
-    "best_of_n": "trl_extras.best_of_n",
+    "best_of_n": "trl_extras.sampling",
+    "best_of_n_kl": "trl_extras.sampling",
 }
 
 __all__ = sorted(_LAZY_NAMES)
