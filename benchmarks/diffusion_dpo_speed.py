@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run by path: make `harness` importable
 
-from harness import compare, ratio_table  # noqa: E402
+from harness import compare, ratio_table, training_args  # noqa: E402
 
 THIS_FILE = str(Path(__file__).resolve())
 
@@ -54,18 +54,16 @@ def build(mode: str, pipeline_path: str, resolution: int, steps: int, batch_size
     red = Image.new("RGB", (resolution, resolution), (220, 30, 30))
     blue = Image.new("RGB", (resolution, resolution), (30, 30, 220))
     dataset = Dataset.from_list([{"caption": "a red square", "chosen": red, "rejected": blue}] * batch_size)
-    args = DiffusionDPOConfig(
-        output_dir=output_dir,
-        max_steps=steps,
-        per_device_train_batch_size=batch_size,
-        learning_rate=1e-5,
+    args = training_args(
+        DiffusionDPOConfig,
+        output_dir,
+        steps,
+        batch_size,
+        1e-5,
         cache_latents=True,
         gradient_checkpointing=False,
         bf16=bf16,
-        report_to="none",
-        save_strategy="no",
         logging_steps=1000,
-        disable_tqdm=True,
         dataloader_pin_memory=torch.cuda.is_available(),
     )
     lora = LoraConfig(r=16, lora_alpha=16, init_lora_weights="gaussian")

@@ -122,6 +122,28 @@ def _child(target: str, kwargs: dict[str, Any], warmup_steps: int) -> dict[str, 
     return result
 
 
+def training_args(config_class, output_dir: str, steps: int, batch_size: int, learning_rate: float, **kwargs):
+    """A benchmarked run's trainer config: ``steps`` optimizer steps, no saving, reporting or progress bar, one log
+    line at the end, bf16 on CUDA; ``kwargs`` add to or override these."""
+    import torch
+
+    settings = dict(
+        bf16=torch.cuda.is_available(),
+        report_to="none",
+        save_strategy="no",
+        logging_steps=steps,
+        disable_tqdm=True,
+    )
+    settings.update(kwargs)
+    return config_class(
+        output_dir=output_dir,
+        max_steps=steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=learning_rate,
+        **settings,
+    )
+
+
 def measure_in_subprocess(
     target: str,
     kwargs: dict[str, Any] | None = None,

@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run by path: make `harness` importable
 
-from harness import compare, ratio_table  # noqa: E402
+from harness import compare, ratio_table, training_args  # noqa: E402
 
 THIS_FILE = str(Path(__file__).resolve())
 PROMPTS = ["The movie was", "I thought the film was", "The capital of France is", "The quick brown fox"]
@@ -72,18 +72,9 @@ def _build(
 
     torch.manual_seed(0)
     config_kwargs = dict(
-        output_dir=output_dir,
-        max_steps=steps,
-        per_device_train_batch_size=prompts_per_step * num_generations,
         max_completion_length=completion_length,
         generation_kwargs={"min_new_tokens": completion_length},  # every sequence has the same length
-        learning_rate=1e-6,
         gradient_checkpointing=False,
-        bf16=torch.cuda.is_available(),
-        report_to="none",
-        save_strategy="no",
-        logging_steps=steps,
-        disable_tqdm=True,
     )
     if trainer_name != "ppo":  # PPOConfig fixes one completion per prompt itself
         config_kwargs["num_generations"] = num_generations
@@ -92,7 +83,7 @@ def _build(
     return Trainer(
         model=AutoModelForCausalLM.from_pretrained(model_path),
         reward_funcs=vowel_fraction,
-        args=Config(**config_kwargs),
+        args=training_args(Config, output_dir, steps, prompts_per_step * num_generations, 1e-6, **config_kwargs),
         train_dataset=Dataset.from_dict({"prompt": PROMPTS * (steps * prompts_per_step)}),
         processing_class=tokenizer,
     )

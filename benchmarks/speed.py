@@ -92,23 +92,6 @@ def build(builder: str, kwargs: dict[str, Any], count_tokens: bool = True):
     return trainer
 
 
-def _training_args(config_class, output_dir: str, steps: int, batch_size: int, **kwargs):
-    import torch
-
-    return config_class(
-        output_dir=output_dir,
-        max_steps=steps,
-        per_device_train_batch_size=batch_size,
-        learning_rate=1e-5,
-        bf16=torch.cuda.is_available(),
-        report_to="none",
-        save_strategy="no",
-        logging_steps=steps,
-        disable_tqdm=True,
-        **kwargs,
-    )
-
-
 def build_sft_on_chosen(model_path: str, steps: int, batch_size: int, words: int, output_dir: str):
     """TRL's SFTTrainer on the chosen responses of ``unlikelihood_speed``'s pairs (Preferred-FT)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -119,7 +102,7 @@ def build_sft_on_chosen(model_path: str, steps: int, batch_size: int, words: int
     data = pairs.map(lambda row: {"completion": row["chosen"]}, remove_columns=["chosen", "rejected"])
     return SFTTrainer(
         model=AutoModelForCausalLM.from_pretrained(model_path),
-        args=_training_args(SFTConfig, output_dir, steps, batch_size, max_length=None),
+        args=harness.training_args(SFTConfig, output_dir, steps, batch_size, 1e-5, max_length=None),
         train_dataset=data,
         processing_class=AutoTokenizer.from_pretrained(model_path),
     )
@@ -136,7 +119,7 @@ def build_reward(model_path: str, steps: int, batch_size: int, words: int, outpu
     model.config.pad_token_id = tokenizer.pad_token_id
     return RewardTrainer(
         model=model,
-        args=_training_args(RewardConfig, output_dir, steps, batch_size, max_length=None),
+        args=harness.training_args(RewardConfig, output_dir, steps, batch_size, 1e-5, max_length=None),
         train_dataset=_dataset(steps * batch_size, words),
         processing_class=tokenizer,
     )

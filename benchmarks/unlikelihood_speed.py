@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run by path: make `harness` importable
 
-from harness import compare, ratio_table  # noqa: E402
+from harness import compare, ratio_table, training_args  # noqa: E402
 
 THIS_FILE = str(Path(__file__).resolve())
 
@@ -53,18 +53,7 @@ def _build(trainer_name: str, model_path: str, steps: int, batch_size: int, word
         from trl_extras import UnlikelihoodTrainer as Trainer
 
     torch.manual_seed(0)
-    args = Config(
-        output_dir=output_dir,
-        max_steps=steps,
-        per_device_train_batch_size=batch_size,
-        learning_rate=1e-5,
-        bf16=torch.cuda.is_available(),
-        report_to="none",
-        save_strategy="no",
-        logging_steps=steps,
-        disable_tqdm=True,
-        max_length=None,
-    )
+    args = training_args(Config, output_dir, steps, batch_size, 1e-5, max_length=None)
     trainer = Trainer(
         model=AutoModelForCausalLM.from_pretrained(model_path),
         args=args,
