@@ -16,21 +16,166 @@ from trl_extras.rewards import resolve_reward_funcs
 
 reward_funcs = resolve_reward_funcs(["builtin:sentiment", "my_rewards:length_penalty"])
 ```
+
+Every reward function a trainer of ours (and the CLI's stock GRPO/RLOO) calls goes through `check_reward_funcs`: a
+reward that is not a finite number is an error naming the function, the row and the value, instead of a loss of 0, a
+logged `reward=inf` or NaN parameters. `None` stays allowed (TRL's convention for a row a function does not apply
+to: it becomes NaN and is left out of the weighted sum; a row that every function skips gets a reward of 0 and
+TRL's warning).
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
+import math
+import numbers
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
-__all__ = ["RewardFunctionError", "resolve_reward_func", "resolve_reward_funcs", "trl_reward_functions"]
+__all__ = [
+    "CheckedRewardFunc",
+    "RewardFunctionError",
+    "check_reward_funcs",
+    "resolve_reward_func",
+    "resolve_reward_funcs",
+    "trl_reward_functions",
+]
 
 
 class RewardFunctionError(ValueError):
-    """A ``reward_funcs`` entry that names nothing we can load; the message says which entry and why."""
+    """A reward function that cannot be loaded, raised, or returned something that is not a reward; the message
+    names the function (or the ``reward_funcs`` entry), the row and the value."""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# checking what reward functions return
+
+
+def _callable_name(func: Callable) -> str:
+    while isinstance(func, functools.partial):
+        func = func.func
+    return getattr(func, "__name__", type(func).__name__)
+
+
+def _snippet(value: Any, limit: int = 60) -> str:
+    if isinstance(value, list) and value and isinstance(value[-1], dict):  # a conversation: its last turn
+        value = value[-1].get("content")
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _bad_reward(value: Any) -> str | None:
+    """Why ``value`` is not a reward (``None`` if it is one: a finite real number, or ``None``)."""
+    if value is None:
+        return None
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # a 0-d tensor or a numpy scalar
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return f"{_snippet(value)} ({type(value).__name__}), not a number"
+    if not math.isfinite(value):
+        return f"{value!r}, not a finite number"
+    return None
+
+
+class CheckedRewardFunc:
+    """A reward function whose every call is checked: it must return one finite number (or ``None``) per
+    completion. Anything else, and any exception it raises, becomes a ``RewardFunctionError`` naming the function,
+    the row (its index in the batch and the start of its prompt) and the value. ``functools.update_wrapper`` keeps
+    the function's ``__name__``, so GRPO's ``reward_func_names`` and metric names are unchanged."""
+
+    def __init__(self, func: Callable):
+        functools.update_wrapper(self, func)
+        self.func = func
+        self.name = _callable_name(func)
+
+    def __call__(self, prompts=None, completions=None, **kwargs):
+        try:
+            rewards = self.func(prompts=prompts, completions=completions, **kwargs)
+        except RewardFunctionError:
+            raise
+        except Exception as error:
+            raise RewardFunctionError(
+                f"reward function {self.name!r} raised {type(error).__name__}: {error}"
+            ) from error
+        return self.check(rewards, prompts)
+
+    def check(self, rewards: Any, prompts: Sequence | None) -> list:
+        expected = len(prompts) if prompts is not None else None
+        if hasattr(rewards, "tolist") and not isinstance(rewards, list):  # a tensor or an array
+            rewards = rewards.tolist()
+        if not isinstance(rewards, (list, tuple)):
+            raise RewardFunctionError(
+                f"reward function {self.name!r} returned {_snippet(rewards)} ({type(rewards).__name__}); expected a "
+                f"list of {expected if expected is not None else 'one'} reward(s), one float (or None) per completion"
+            )
+        if expected is not None and len(rewards) != expected:
+            raise RewardFunctionError(
+                f"reward function {self.name!r} returned {len(rewards)} rewards for {expected} completions; expected "
+                "one float (or None) per completion"
+            )
+        for row, value in enumerate(rewards):
+            problem = _bad_reward(value)
+            if problem is not None:
+                prompt = f" (prompt {_snippet(prompts[row])})" if prompts is not None else ""
+                raise RewardFunctionError(
+                    f"reward function {self.name!r} returned {problem} for row {row} of the batch{prompt}; expected a "
+                    "finite float, or None for a row the function does not apply to"
+                )
+        return list(rewards)
+
+    def __reduce__(self):  # picklable whenever the wrapped function is
+        return type(self), (self.func,)
+
+
+class _CheckedAsyncRewardFunc(CheckedRewardFunc):
+    async def __call__(self, prompts=None, completions=None, **kwargs):
+        try:
+            rewards = await self.func(prompts=prompts, completions=completions, **kwargs)
+        except RewardFunctionError:
+            raise
+        except Exception as error:
+            raise RewardFunctionError(
+                f"reward function {self.name!r} raised {type(error).__name__}: {error}"
+            ) from error
+        return self.check(rewards, prompts)
+
+
+def _is_async(func: Callable) -> bool:
+    import inspect
+
+    while isinstance(func, functools.partial):
+        func = func.func
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(getattr(func, "__call__", None))
+
+
+def check_reward_funcs(reward_funcs: Any, field: str = "reward_funcs") -> Any:
+    """``reward_funcs`` as GRPO-style trainers take it (one entry or a list), with every Python function wrapped in
+    `CheckedRewardFunc`; model paths and models are returned as they are (TRL loads and runs them). Entries of any
+    other type are a ``RewardFunctionError`` naming the entry. Idempotent."""
+    if reward_funcs is None:
+        return None
+    entries = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
+    checked = []
+    for index, func in enumerate(entries):
+        checked.append(_checked(func, f"{field}[{index}]" if isinstance(reward_funcs, list) else field))
+    return checked if isinstance(reward_funcs, list) else checked[0]
+
+
+def _checked(func: Any, where: str) -> Any:
+    import torch.nn as nn
+
+    if isinstance(func, (str, nn.Module, CheckedRewardFunc)):
+        return func
+    if not callable(func):
+        raise RewardFunctionError(
+            f"{where}: expected a reward function, a reward model or a model path, got {_snippet(func)} "
+            f"({type(func).__name__})"
+        )
+    return _CheckedAsyncRewardFunc(func) if _is_async(func) else CheckedRewardFunc(func)
 
 
 def trl_reward_functions() -> dict[str, Callable]:

@@ -85,10 +85,22 @@ class RLScriptArguments(ScriptArguments):
 
 
 class _Parser(trl.TrlParser):
-    """``TrlParser`` whose argparse errors (bad values, bad types) become a ``ConfigError`` instead of usage + exit."""
+    """``TrlParser`` whose argparse errors (bad values, bad types) become a ``ConfigError`` instead of usage + exit,
+    and whose values pass ``trl_extras.validation.check_config`` before the configs are built (so a bad value is
+    reported by its field, not by whatever a ``__post_init__`` or the trainer trips over later)."""
 
     def error(self, message: str):
         raise ConfigError(message)
+
+    def parse_known_args(self, args=None, namespace=None):
+        from trl_extras.validation import check_config
+
+        namespace, remaining = super().parse_known_args(args, namespace)
+        try:
+            check_config(namespace, self.dataclass_types[1])  # (script arguments, trainer config, ...)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        return namespace, remaining
 
 
 def _bf16_default() -> bool:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from trl.trainer.base_config import _BaseConfig
 
 from ..losses.diffusion_dpo import DEFAULT_BETA
+from ..validation import check_config
 
 _LOSS_TYPES = ("sigmoid", "sft")
 _PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -136,6 +137,7 @@ class DiffusionDPOConfig(_BaseConfig):
     )
 
     def __post_init__(self):
+        check_config(self)  # batch sizes, learning rate, steps, seed
         if not (math.isfinite(self.beta) and self.beta > 0):
             raise ValueError(f"DiffusionDPOConfig.beta must be a finite number > 0, got {self.beta}.")
         if self.loss_type not in _LOSS_TYPES:

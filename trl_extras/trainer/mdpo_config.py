@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from trl import DPOConfig
 
 from ..image_corruption import ImageCorruption
+from ..validation import check_config
 
 __all__ = ["MDPOConfig"]
 
@@ -79,6 +80,7 @@ class MDPOConfig(DPOConfig):
     )
 
     def __post_init__(self):
+        check_config(self)  # field values no trainer can use (beta <= 0, loss_type, lengths, batch sizes)
         for name in ("conditional_weight", "anchor_weight"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0.0):

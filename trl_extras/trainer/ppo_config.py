@@ -11,6 +11,7 @@ from typing import Any
 from trl import GRPOConfig
 
 from ..losses.ppo import KL_ESTIMATORS
+from ..validation import check_config
 from ._grpo_config import grpo_post_init
 
 VALUE_MODEL_INITS = ("reward_model", "policy")
@@ -147,6 +148,7 @@ class PPOConfig(GRPOConfig):
     num_iterations: int | None = field(default=None, metadata={"help": "Set from num_ppo_epochs; do not set."})
 
     def __post_init__(self):
+        check_config(self)  # field values no trainer can use (kl_coef < 0, lengths, batch sizes)
         self._validate_ppo_fields()
         if isinstance(self.value_model_init_kwargs, str):
             self.value_model_init_kwargs = json.loads(self.value_model_init_kwargs)

@@ -31,6 +31,7 @@ from ..losses.ppo import (
     ppo_policy_loss,
     ppo_value_loss,
 )
+from ..rewards import check_reward_funcs
 from .ppo_config import PPOConfig
 from .value_model import (
     PerTokenValueModel,
@@ -174,6 +175,7 @@ class PPOTrainer(GRPOTrainer):
         if isinstance(eval_dataset, Dataset):
             eval_dataset = validate_prompt_dataset(eval_dataset)
 
+        reward_funcs = check_reward_funcs(reward_funcs)  # non-finite or non-numeric rewards name the function and row
         self.value_model = self._build_value_model(value_model, model, reward_funcs, args)
 
         super().__init__(

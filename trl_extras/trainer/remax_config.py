@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from trl import GRPOConfig
 
 from ..losses.remax import SCALE_REWARDS
+from ..validation import check_config
 from ._grpo_config import grpo_post_init
 
 
@@ -69,6 +70,7 @@ class ReMaxConfig(GRPOConfig):
     )
 
     def __post_init__(self):
+        check_config(self)  # field values no trainer can use (beta < 0, loss_type, lengths, batch sizes)
         if isinstance(self.num_generations, bool) or not isinstance(self.num_generations, int):
             raise ValueError(f"`num_generations` must be a positive integer, got {self.num_generations!r}.")
         if self.num_generations < 1:

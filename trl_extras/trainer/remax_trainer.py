@@ -19,6 +19,7 @@ from trl.trainer.utils import get_config_model_id
 
 from ..data import validate_prompt_dataset
 from ..losses.remax import remax_advantages, weighted_rewards
+from ..rewards import check_reward_funcs
 from .remax_config import ReMaxConfig
 
 
@@ -157,6 +158,7 @@ class ReMaxTrainer(GRPOTrainer):
             eval_dataset = {name: _validated(dataset) for name, dataset in eval_dataset.items()}
         else:
             eval_dataset = _validated(eval_dataset)
+        reward_funcs = check_reward_funcs(reward_funcs)  # non-finite or non-numeric rewards name the function and row
         self._greedy_batch: _GreedyBatch | None = None
         self._remax_rewards: tuple[torch.Tensor, torch.Tensor] | None = None
         super().__init__(

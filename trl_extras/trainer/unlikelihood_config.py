@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 from trl import DPOConfig
 
+from ..validation import check_config
+
 # DPOConfig fields that only shape DPO's reference-based losses, with their defaults: the unlikelihood objectives
 # never read them, so a non-default value is reported rather than silently ignored.
 _UNUSED_DPO_LOSS_FIELDS = {
@@ -67,6 +69,7 @@ class UnlikelihoodConfig(DPOConfig):
     )
 
     def __post_init__(self):
+        check_config(self)  # field values no trainer can use (lengths, batch sizes, learning rate)
         if self.unlikelihood_type not in ("token", "sequence"):
             raise ValueError(
                 f"UnlikelihoodConfig.unlikelihood_type must be 'token' or 'sequence', got {self.unlikelihood_type!r}."
