@@ -149,7 +149,7 @@ def _is_async(func: Callable) -> bool:
 
     while isinstance(func, functools.partial):
         func = func.func
-    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(getattr(func, "__call__", None))
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(type(func).__call__)
 
 
 def check_reward_funcs(reward_funcs: Any, field: str = "reward_funcs") -> Any:

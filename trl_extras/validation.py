@@ -69,7 +69,9 @@ def probability(value: Any) -> str | None:
 
 
 def max_steps(value: Any) -> str | None:
-    return None if _is_int(value) and (value > 0 or value == -1) else "a positive integer, or -1 to use num_train_epochs"
+    return (
+        None if _is_int(value) and (value > 0 or value == -1) else "a positive integer, or -1 to use num_train_epochs"
+    )
 
 
 def seed(value: Any) -> str | None:
