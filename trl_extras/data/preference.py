@@ -25,6 +25,7 @@ from .checks import as_image_feature, check_image, check_images, image_count, sh
 from .errors import Invalid, PreferenceDataError, logger
 
 COMPLETIONS = ("chosen", "rejected")
+COMPLETION_ROLES = ("assistant", "tool")
 _PREFERENCE_HINT = "Preference data needs 'chosen' and 'rejected' columns, and 'prompt' unless it is implicit."
 
 
@@ -138,6 +139,7 @@ def _preference_steps(
         ("rejected", _same_format_as_chosen),
         ("rejected", _differs_from_chosen),
         *([("prompt", extract)] if extract else []),
+        *[(column, _assistant_turns(column)) for column in COMPLETIONS],
         *_image_steps(image_column, images, COMPLETIONS),
     ]
 
@@ -179,6 +181,24 @@ def _same_format_as_chosen(row: Row) -> None:
 def _differs_from_chosen(row: Row) -> None:
     if row["chosen"] == row["rejected"]:
         raise Invalid("a completion different from 'chosen'", "the same completion as 'chosen'")
+
+
+def _assistant_turns(column: str):
+    """A conversational completion (after the prompt is extracted) is the model's turn: it starts with an
+    `assistant` message and holds only `assistant` and `tool` messages. A `user` turn there would be trained on as
+    if the model had written it."""
+
+    def check(row: Row) -> None:
+        messages = row[column]
+        if not isinstance(messages, list):
+            return
+        for index, message in enumerate(messages):
+            role = message.get("role")
+            if role not in COMPLETION_ROLES or (index == 0 and role != "assistant"):
+                expected = "a completion of assistant turns (role 'assistant' first, then 'assistant' or 'tool')"
+                raise Invalid(expected, f"role {show(role)} in message {index}", column)
+
+    return check
 
 
 class _ExtractPrompt:

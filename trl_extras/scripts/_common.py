@@ -130,6 +130,12 @@ def _data_files(name: str) -> list[str] | None:
     return files
 
 
+def _is_empty_file(path: str) -> bool:
+    """No bytes, or only whitespace (a JSONL file with blank lines has no rows either)."""
+    with open(path, "rb") as file:
+        return not file.read(1 << 16).strip() and os.path.getsize(path) < (1 << 16)
+
+
 def load_datasets(script_args, dataset_args, training_args, *, default_subset: str):
     """The ``(train, eval)`` datasets: a mixture (``datasets``), a built-in task, local files, or a Hub dataset.
 
@@ -157,11 +163,20 @@ def load_datasets(script_args, dataset_args, training_args, *, default_subset: s
         builders = {DATA_FILE_BUILDERS[os.path.splitext(path)[1].lower()] for path in files}
         if len(builders) > 1:
             raise ConfigError(f"dataset_name: data files of different formats cannot be mixed: {name}")
-        dataset = datasets.load_dataset(
-            builders.pop(),
-            data_files={script_args.dataset_train_split: files},
-            streaming=script_args.dataset_streaming,
-        )
+        empty = [path for path in files if _is_empty_file(path)]
+        if empty:
+            raise ConfigError(f"dataset_name: data file is empty (no rows): {', '.join(empty)}")
+        try:
+            dataset = datasets.load_dataset(
+                builders.pop(),
+                data_files={script_args.dataset_train_split: files},
+                streaming=script_args.dataset_streaming,
+            )
+        except Exception as error:  # datasets wraps parse errors in DatasetGenerationError, StopIteration, ...
+            cause = error.__cause__ or error
+            raise ConfigError(
+                f"dataset_name: cannot read {name}: {type(cause).__name__}: {str(cause)[:300]}"
+            ) from error
     elif name.startswith((".", "/", "~")) and not os.path.exists(os.path.expanduser(name)):
         raise ConfigError(f"dataset_name: local dataset path not found: {name}")
     else:
@@ -195,7 +210,7 @@ def reward_funcs_from_args(script_args) -> list:
     See ``trl_extras.rewards`` for the accepted forms. On a built-in dataset with no reward given, the task's
     ground-truth reward is used.
     """
-    from trl_extras.rewards import resolve_reward_func, resolve_reward_funcs
+    from trl_extras.rewards import check_reward_funcs, resolve_reward_func, resolve_reward_funcs
     from trl_extras.tasks import registry
 
     reward_funcs = []
@@ -206,12 +221,12 @@ def reward_funcs_from_args(script_args) -> list:
     if not reward_funcs:
         name = script_args.dataset_name
         if registry.is_builtin(name) and name in registry.builtin_names("reward"):
-            return [registry.resolve_builtin_reward(name)]
+            return check_reward_funcs([registry.resolve_builtin_reward(name)])
         raise ConfigError(
             "reward_funcs: required (TRL reward names, `module:function` import paths or reward model paths), "
             "or set reward_model_name_or_path"
         )
-    return reward_funcs
+    return check_reward_funcs(reward_funcs)  # a bad reward names the function and the row (trl_extras.rewards)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -385,15 +400,21 @@ def train_policy(
     subset: str,
     role: str = "policy",
     model_class=None,
+    check_dataset=None,
     **trainer_kwargs,
 ):
     """The body the model-training scripts share: load data and model, build ``trainer_class``, train, report.
 
     ``subset`` is the built-in task's dataset kind (``"prompt"`` for online RL, ``"preference"``, ``"sft"``, ...),
     ``role`` the kind of before/after report ``train_and_save`` prints, ``model_class`` the auto class for 4-bit
-    loading, and ``trainer_kwargs`` the trainer's own extra arguments (reward functions, a value model).
+    loading, ``check_dataset`` a ``trl_extras.data`` validator run on the datasets before the model loads (for the
+    stock trainers; ours validate their datasets themselves), and ``trainer_kwargs`` the trainer's own extra
+    arguments (reward functions, a value model).
     """
     train_dataset, eval_dataset = load_datasets(script_args, dataset_args, training_args, default_subset=subset)
+    if check_dataset is not None:
+        train_dataset = check_dataset(train_dataset)
+        eval_dataset = None if eval_dataset is None else check_dataset(eval_dataset)
     trainer = trainer_class(
         **load_model(model_args, training_args, model_class=model_class),
         args=training_args,

@@ -15,7 +15,17 @@ from ._common import ScriptArguments, build_parser, train_policy
 
 
 def main(script_args, training_args, model_args, dataset_args):
-    return train_policy(trl.DPOTrainer, script_args, training_args, model_args, dataset_args, subset="preference")
+    from trl_extras.data import validate_preference_dataset
+
+    return train_policy(
+        trl.DPOTrainer,
+        script_args,
+        training_args,
+        model_args,
+        dataset_args,
+        subset="preference",
+        check_dataset=validate_preference_dataset,
+    )
 
 
 def make_parser(prog: str = "trl-extras dpo"):
