@@ -36,6 +36,10 @@ class UnlikelihoodConfig(DPOConfig):
     > Parameters that control the unlikelihood objective
 
     Fields: `unlikelihood_type`, `rejected_weight`, `length_normalize`, `min_one_minus_prob` (see each field's help).
+
+    > Data
+
+    Fields: `drop_long_prompts` (rows whose prompt fills `max_length`: an error by default, or dropped and counted).
     """
 
     unlikelihood_type: str = field(
@@ -65,6 +69,14 @@ class UnlikelihoodConfig(DPOConfig):
             "help": "Only for unlikelihood_type='token': floor on 1 - p(token) in the rejected term, so one token "
             "contributes at most -log(min_one_minus_prob) nats (11.5 by default) and tokens at the floor get no "
             "gradient. 1e-5 is the value of the paper's reference code. Must be in (0, 1)."
+        },
+    )
+
+    drop_long_prompts: bool = field(
+        default=False,
+        metadata={
+            "help": "Rows whose prompt alone fills `max_length` keep no completion token. False (default): they are "
+            "an error naming how many and the longest prompt. True: they are dropped, with a warning giving the count."
         },
     )
 

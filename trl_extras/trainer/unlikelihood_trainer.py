@@ -16,6 +16,7 @@ from trl import DPOTrainer
 from trl.trainer.utils import get_config_model_id
 
 from ..losses.unlikelihood import sequence_unlikelihood_loss, token_unlikelihood_loss
+from ._length_check import PreferenceLengthCheck
 from .unlikelihood_config import UnlikelihoodConfig
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ def _without_reference_model_load(trainer: UnlikelihoodTrainer) -> Iterator[None
         _dpo_trainer_module.create_model_from_path = load
 
 
-class UnlikelihoodTrainer(DPOTrainer):
+class UnlikelihoodTrainer(PreferenceLengthCheck, DPOTrainer):
     r"""
     Unlikelihood training on preference data: raise the likelihood of the chosen completion, lower that of the
     rejected one, with no reference model. A drop-in replacement for [`~trl.DPOTrainer`]: same datasets (standard or

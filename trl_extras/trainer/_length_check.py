@@ -1,0 +1,30 @@
+"""The ``_prepare_dataset`` hook that counts what ``max_length`` drops and cuts, for DPOTrainer and its subclasses."""
+
+from __future__ import annotations
+
+import copy
+
+from ..data.lengths import check_preference_lengths
+
+
+class PreferenceLengthCheck:
+    """Mixin for ``DPOTrainer`` subclasses (put it first in the bases): ``_prepare_dataset`` tokenises as the
+    parent does, but with ``max_length=None`` so that TRL's silent filter of long prompts does not run, then hands
+    the tokenised rows to ``trl_extras.data.lengths.check_preference_lengths``: rows whose prompt fills
+    ``max_length`` are an error (or, with ``args.drop_long_prompts``, dropped with a warning giving the count), and
+    completions the collator will cut are a warning giving the count and the longest lengths. The collator still
+    truncates with ``args.max_length``, as before."""
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        if args.max_length is None:
+            return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+        unfiltered = copy.copy(args)
+        unfiltered.max_length = None
+        dataset = super()._prepare_dataset(dataset, processing_class, unfiltered, dataset_name)
+        return check_preference_lengths(
+            dataset,
+            max_length=args.max_length,
+            truncation_mode=args.truncation_mode,
+            drop_long_prompts=getattr(args, "drop_long_prompts", False),
+            name=dataset_name,
+        )
