@@ -912,3 +912,25 @@ def test_dpo_as_the_cli_builds_it_refuses_rows_it_would_drop(tiny_lm, tmp_path):
     args = DPOConfig(str(tmp_path), max_length=12, report_to="none", bf16=False, max_steps=1)
     with raises_naming(PreferenceDataError, "4 of 8 rows", "max_length=12"):
         DPOTrainer(model=tiny_lm, args=args, train_dataset=dataset)
+
+
+def test_trl_hook_the_length_check_relies_on():
+    """`PreferenceLengthCheck` calls `DPOTrainer._prepare_dataset` with a copy of `args` whose `max_length` is None,
+    which must turn TRL's filter of long prompts off, and counts what that filter would have dropped."""
+    import inspect
+
+    from trl import DPOTrainer
+
+    assert list(inspect.signature(DPOTrainer._prepare_dataset).parameters) == [
+        "self",
+        "dataset",
+        "processing_class",
+        "args",
+        "dataset_name",
+    ]
+    source = inspect.getsource(DPOTrainer._prepare_dataset)
+    assert 'if args.max_length is not None and args.truncation_mode == "keep_start":' in source
+    assert 'len(example["prompt_ids"]) < args.max_length' in source
+    assert 'self._prepare_dataset(train_dataset, processing_class, args, "train")' in inspect.getsource(
+        DPOTrainer.__init__
+    )
