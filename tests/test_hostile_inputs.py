@@ -247,6 +247,40 @@ def test_prompt_dataset_zero_rows():
         validate_prompt_dataset(Dataset.from_dict({"prompt": []}))
 
 
+SFT_CASES = {
+    "no_known_column": ([{"body": "x"}], {}, ["Column 'text'", "'messages'", "only ['body']"]),
+    "custom_text_field_missing": ([{"text": "x"}], {"dataset_text_field": "content"}, ["Column 'content'"]),
+    "empty_text": ([{"text": "a"}, {"text": ""}], {}, ["Row 1, column 'text'"]),
+    "none_text": ([{"text": None}], {}, ["Row 0, column 'text'", "None"]),
+    "messages_empty_content": ([{"messages": [user("hi"), assistant("")]}], {}, ["column 'messages'", "message 1"]),
+    "messages_not_a_list": ([{"messages": "hi"}], {}, ["column 'messages'", "a non-empty list of messages"]),
+    "empty_completion": ([{"prompt": "a", "completion": ""}], {}, ["Row 0, column 'completion'"]),
+    "completion_role_user": ([{"prompt": [user("a")], "completion": [user("b")]}], {}, ["column 'completion'", "role 'user'"]),
+    "prompt_completion_formats_differ": ([{"prompt": [user("a")], "completion": "b"}], {}, ["column 'completion'", "the same format as 'prompt'"]),
+    "image_file_not_found": ([{"messages": [user("hi")], "images": ["/nonexistent.png"]}], {}, ["column 'images'", "not found"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("rows, kwargs, needles", SFT_CASES.values(), ids=SFT_CASES)
+def test_sft_dataset(rows, kwargs, needles):
+    from trl_extras.data import validate_sft_dataset
+
+    with raises_naming(ValueError, *needles):
+        validate_sft_dataset(Dataset.from_list(rows), **kwargs)
+
+
+def test_sft_dataset_good_formats_and_tokenised_pass():
+    from trl_extras.data import validate_sft_dataset
+
+    for rows in (
+        [{"text": "a b"}],
+        [{"messages": [user("hi"), assistant("yo")]}],
+        [{"prompt": "a", "completion": " b"}],
+        [{"input_ids": [1, 2, 3]}],
+    ):
+        assert len(validate_sft_dataset(Dataset.from_list(rows))) == 1
+
+
 # =====================================================================================================================
 # data layer: scored and ranked feedback, image pairs
 
@@ -650,6 +684,17 @@ CLI_DATA_CASES = {
     "reward_missing_rejected": ("reward", [{"prompt": "a", "chosen": "b"}], None, ["column named 'rejected'"]),
     "grpo_missing_prompt": ("grpo", [{"question": "a"}], None, ["column named 'prompt'"]),
     "rloo_empty_prompt": ("rloo", [{"prompt": "a"}, {"prompt": " "}], None, ["Row 1, column 'prompt'"]),
+    "remax_none_prompt": ("remax", [{"prompt": "a"}, {"prompt": None}], None, ["Row 1, column 'prompt'"]),
+    "ppo_missing_prompt": ("ppo", [{"query": "a"}], None, ["column named 'prompt'"]),
+    "unlikelihood_same_pair": ("unlikelihood", [pair(chosen=" x", rejected=" x")], None, ["column 'rejected'"]),
+    "sft_missing_text_column": ("sft", [{"txt": "hello"}], None, ["Column 'text'", "only ['txt']"]),
+    "sft_empty_text": ("sft", [{"text": "hello"}, {"text": ""}], None, ["Row 1, column 'text'"]),
+    "sft_completion_role_user": (
+        "sft",
+        [{"prompt": [user("hi")], "completion": [user("again")]}],
+        None,
+        ["Row 0, column 'completion'", "role 'user'"],
+    ),
 }
 
 
@@ -657,13 +702,22 @@ CLI_DATA_CASES = {
 def test_cli_data_is_checked_before_the_model_loads(command, rows, text, needles, capsys, tmp_path):
     data = _data_case(tmp_path, rows, text)
     argv = [command, "--model_name_or_path", NO_MODEL, "--dataset_name", data, "--output_dir", tmp_path / "out"]
-    if command in ("grpo", "rloo"):
+    if command in ("grpo", "rloo", "remax", "ppo"):
         argv += ["--reward_funcs", "think_format_reward"]
     status, output = run(argv, capsys)
     assert status != 0, output[-2000:]
     for needle in needles:
         assert needle in output, output[-2000:]
     assert "Traceback" not in output and NO_MODEL not in output, output[-2000:]
+
+
+def test_cli_on_invalid_drop_drops_and_counts_before_the_model_loads(capsys, tmp_path, caplog):
+    data = write_jsonl(tmp_path / "data.jsonl", [pair(), pair(chosen=""), pair()])
+    argv = ["dpo", "--model_name_or_path", NO_MODEL, "--dataset_name", data, "--on_invalid", "drop"]
+    with caplog.at_level(logging.WARNING, logger="trl_extras.data"):
+        status, output = run([*argv, "--output_dir", tmp_path / "out"], capsys)
+    assert "dropped 1 of 3 rows" in caplog.text and "row 1" in caplog.text
+    assert status != 0 and "model directory not found" in output  # the data passed; the model was next
 
 
 CLI_PATH_CASES = {

@@ -3,6 +3,7 @@
 - `validate_preference_dataset`: TRL's preference formats (standard or conversational, explicit or implicit prompt,
   optional images), returned with an explicit prompt.
 - `validate_prompt_dataset`: prompt-only data for GRPO, RLOO, ReMax and PPO.
+- `validate_sft_dataset`: SFT data (`text`, `messages`, or `prompt` and `completion`).
 - `validate_image_pair_dataset` / `image_pairs_to_preference`: image pairs for Diffusion-DPO (Pick-a-Pic style).
 - `scored_to_pairs` / `ranked_to_pairs`: scored or ranked feedback turned into preference pairs.
 
@@ -14,6 +15,7 @@ from .errors import PreferenceDataError
 from .image_pairs import image_pairs_to_preference, validate_image_pair_dataset
 from .pairs import ranked_to_pairs, scored_to_pairs
 from .preference import validate_preference_dataset, validate_prompt_dataset
+from .sft import validate_sft_dataset
 
 __all__ = [
     "PreferenceDataError",
@@ -23,4 +25,5 @@ __all__ = [
     "validate_image_pair_dataset",
     "validate_preference_dataset",
     "validate_prompt_dataset",
+    "validate_sft_dataset",
 ]

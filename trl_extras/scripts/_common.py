@@ -56,6 +56,15 @@ class ScriptArguments(trl.ScriptArguments):
             "or a built-in task (`builtin:sentiment`). Ignored if `datasets` is given."
         },
     )
+    on_invalid: str = field(
+        default="raise",
+        metadata={
+            "help": "Rows of a text dataset that no trainer can use (empty strings, missing values, a user turn in a "
+            "completion, ...): 'raise' (default) stops with the row and column named; 'drop' drops them and logs how "
+            "many and why.",
+            "choices": ["raise", "drop"],
+        },
+    )
     eval_samples: int = field(
         default=32,
         metadata={
@@ -137,7 +146,8 @@ def _is_empty_file(path: str) -> bool:
 
 
 def load_datasets(script_args, dataset_args, training_args, *, default_subset: str):
-    """The ``(train, eval)`` datasets: a mixture (``datasets``), a built-in task, local files, or a Hub dataset.
+    """The ``(train, eval)`` datasets: a mixture (``datasets``), a built-in task, local files, or a Hub dataset,
+    checked by ``check_dataset``.
 
     ``eval`` is ``None`` unless ``eval_strategy`` is not ``"no"``. ``default_subset`` picks the built-in subset
     (``sft``, ``preference``, ``prompt``, ...) when ``dataset_config`` does not.
@@ -197,7 +207,27 @@ def load_datasets(script_args, dataset_args, training_args, *, default_subset: s
                 "set eval_strategy: 'no' to train without evaluation"
             )
         eval_dataset = dataset[script_args.dataset_test_split]
-    return dataset[script_args.dataset_train_split], eval_dataset
+    train_dataset = check_dataset(dataset[script_args.dataset_train_split], default_subset, script_args, training_args)
+    if eval_dataset is not None:
+        eval_dataset = check_dataset(eval_dataset, default_subset, script_args, training_args)
+    return train_dataset, eval_dataset
+
+
+def check_dataset(dataset, subset: str, script_args, training_args):
+    """The dataset checked (and, with ``on_invalid: drop``, cleaned) by ``trl_extras.data`` for the kind of data
+    ``subset`` names, before any model loads: every trainer, stock or ours, gets the same row-level errors. Image
+    data (``vision-preference``, ``image-preference``) is left to the trainer, which decodes every image once."""
+    from trl_extras import data
+
+    on_invalid = getattr(script_args, "on_invalid", "raise")
+    if subset == "preference":
+        return data.validate_preference_dataset(dataset, on_invalid=on_invalid)
+    if subset == "prompt":
+        return data.validate_prompt_dataset(dataset, on_invalid=on_invalid)
+    if subset == "sft":
+        text_field = getattr(training_args, "dataset_text_field", "text")
+        return data.validate_sft_dataset(dataset, dataset_text_field=text_field, on_invalid=on_invalid)
+    return dataset
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -400,21 +430,15 @@ def train_policy(
     subset: str,
     role: str = "policy",
     model_class=None,
-    check_dataset=None,
     **trainer_kwargs,
 ):
     """The body the model-training scripts share: load data and model, build ``trainer_class``, train, report.
 
     ``subset`` is the built-in task's dataset kind (``"prompt"`` for online RL, ``"preference"``, ``"sft"``, ...),
     ``role`` the kind of before/after report ``train_and_save`` prints, ``model_class`` the auto class for 4-bit
-    loading, ``check_dataset`` a ``trl_extras.data`` validator run on the datasets before the model loads (for the
-    stock trainers; ours validate their datasets themselves), and ``trainer_kwargs`` the trainer's own extra
-    arguments (reward functions, a value model).
+    loading, and ``trainer_kwargs`` the trainer's own extra arguments (reward functions, a value model).
     """
     train_dataset, eval_dataset = load_datasets(script_args, dataset_args, training_args, default_subset=subset)
-    if check_dataset is not None:
-        train_dataset = check_dataset(train_dataset)
-        eval_dataset = None if eval_dataset is None else check_dataset(eval_dataset)
     trainer = trainer_class(
         **load_model(model_args, training_args, model_class=model_class),
         args=training_args,

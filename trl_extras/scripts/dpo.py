@@ -39,17 +39,7 @@ class DPOTrainer(PreferenceLengthCheck, trl.DPOTrainer):
 
 
 def main(script_args, training_args, model_args, dataset_args):
-    from trl_extras.data import validate_preference_dataset
-
-    return train_policy(
-        DPOTrainer,
-        script_args,
-        training_args,
-        model_args,
-        dataset_args,
-        subset="preference",
-        check_dataset=validate_preference_dataset,
-    )
+    return train_policy(DPOTrainer, script_args, training_args, model_args, dataset_args, subset="preference")
 
 
 def make_parser(prog: str = "trl-extras dpo"):

@@ -15,8 +15,6 @@ from ._common import RLScriptArguments, build_parser, reward_funcs_from_args, tr
 
 
 def main(script_args, training_args, model_args, dataset_args):
-    from trl_extras.data import validate_prompt_dataset
-
     reward_funcs = reward_funcs_from_args(script_args)
     return train_policy(
         trl.GRPOTrainer,
@@ -25,7 +23,6 @@ def main(script_args, training_args, model_args, dataset_args):
         model_args,
         dataset_args,
         subset="prompt",
-        check_dataset=validate_prompt_dataset,
         reward_funcs=reward_funcs,
     )
 

@@ -24,11 +24,7 @@ def main(script_args, training_args, model_args, dataset_args):
         model_args.lora_task_type = "SEQ_CLS"
     if model_args.use_peft and model_args.lora_modules_to_save is None:
         model_args.lora_modules_to_save = ["score"]
-    from trl_extras.data import validate_preference_dataset
-
     train_dataset, eval_dataset = load_datasets(script_args, dataset_args, training_args, default_subset="preference")
-    train_dataset = validate_preference_dataset(train_dataset)
-    eval_dataset = None if eval_dataset is None else validate_preference_dataset(eval_dataset)
     trainer = trl.RewardTrainer(
         **load_model(model_args, training_args, model_class=AutoModelForSequenceClassification, num_labels=1),
         args=training_args,
