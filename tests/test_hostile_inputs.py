@@ -988,3 +988,82 @@ def test_trl_hook_the_length_check_relies_on():
     assert 'self._prepare_dataset(train_dataset, processing_class, args, "train")' in inspect.getsource(
         DPOTrainer.__init__
     )
+
+
+# every trainer checks its data (and its arguments) before it loads a model: the model path below does not exist, so
+# any error about the data or the arguments proves it came first
+
+
+def _trainer_case(name, kwargs_of):
+    def build(tmp_path):
+        import trl_extras
+
+        trainer_class = getattr(trl_extras, f"{name}Trainer")
+        return trainer_class(model=NO_MODEL, **kwargs_of(tmp_path))
+
+    return build
+
+
+def _pick_a_pic(**row):
+    return Dataset.from_list(
+        [{"caption": "a red square", "jpg_0": png_bytes(), "jpg_1": png_bytes((6, 6)), "label_0": 1.0, **row}]
+    )
+
+
+TRAINER_EARLY_CASES = {
+    "unlikelihood_empty_rejected": (
+        _trainer_case("Unlikelihood", lambda p: {"args": _unlikelihood_args(p), "train_dataset": Dataset.from_list([pair(rejected="")])}),
+        PreferenceDataError, ["Row 0, column 'rejected'"],
+    ),
+    "unlikelihood_ref_model_given": (
+        _trainer_case("Unlikelihood", lambda p: {"ref_model": NO_MODEL, "args": _unlikelihood_args(p)}),
+        ValueError, ["uses no reference model"],
+    ),
+    "unlikelihood_dpo_config": (
+        _trainer_case("Unlikelihood", lambda p: {"args": __import__("trl").DPOConfig(str(p), bf16=False)}),
+        TypeError, ["UnlikelihoodConfig"],
+    ),
+    "remax_none_prompt": (
+        _trainer_case("ReMax", lambda p: {"reward_funcs": failing_reward, "args": _remax(), "train_dataset": Dataset.from_dict({"prompt": ["a", None]})}),
+        PreferenceDataError, ["Row 1, column 'prompt'"],
+    ),
+    "remax_grpo_config": (
+        _trainer_case("ReMax", lambda p: {"reward_funcs": failing_reward, "args": __import__("trl").GRPOConfig(str(p), bf16=False, per_device_train_batch_size=8)}),
+        TypeError, ["ReMaxConfig"],
+    ),
+    "remax_reward_not_callable": (
+        _trainer_case("ReMax", lambda p: {"reward_funcs": [failing_reward, 3.5], "args": _remax(), "train_dataset": Dataset.from_dict({"prompt": ["a"]})}),
+        RewardFunctionError, ["reward_funcs[1]", "3.5 (float)"],
+    ),
+    "ppo_missing_prompt": (
+        _trainer_case("PPO", lambda p: {"reward_funcs": failing_reward, "args": _ppo(), "train_dataset": Dataset.from_dict({"query": ["a"]})}),
+        PreferenceDataError, ["column named 'prompt'"],
+    ),
+    "ppo_reward_not_callable": (
+        _trainer_case("PPO", lambda p: {"reward_funcs": {"not": "callable"}, "args": _ppo(), "train_dataset": Dataset.from_dict({"prompt": ["a"]})}),
+        RewardFunctionError, ["reward_funcs", "(dict)"],
+    ),
+    "mdpo_no_images": (
+        _trainer_case("MDPO", lambda p: {"args": _mdpo(), "train_dataset": Dataset.from_list([pair()])}),
+        PreferenceDataError, ["'images' (list) or 'image' column"],
+    ),
+    "mdpo_image_count_mismatch": (
+        _trainer_case("MDPO", lambda p: {"args": _mdpo(), "train_dataset": Dataset.from_list([{**PREFERENCE_CASES["image_count_mismatch"][0][0]}])}),
+        PreferenceDataError, ["as many images as image placeholders"],
+    ),
+    "diffusion_corrupt_image": (
+        _trainer_case("DiffusionDPO", lambda p: {"args": _diffusion(), "train_dataset": _pick_a_pic(jpg_1=b"garbage")}),
+        PreferenceDataError, ["Row 0, column 'jpg_1'", "a readable image"],
+    ),
+    "diffusion_empty_caption": (
+        _trainer_case("DiffusionDPO", lambda p: {"args": _diffusion(), "train_dataset": _pick_a_pic(caption=" ")}),
+        PreferenceDataError, ["Row 0, column 'caption'"],
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("build, error, needles", TRAINER_EARLY_CASES.values(), ids=TRAINER_EARLY_CASES)
+def test_trainer_checks_before_loading_a_model(build, error, needles, tmp_path):
+    with raises_naming(error, *needles) as info:
+        build(tmp_path)
+    assert NO_MODEL not in str(info.value)
