@@ -626,6 +626,16 @@ CLI_FLAG_CASES = {
     "flag_of_another_trainer": ("dpo", ["--num_generations", "4"], "belongs to"),
     "max_steps_0": ("sft", ["--max_steps", "0"], "`max_steps`"),
     "seed_negative": ("grpo", ["--seed", "-5"], "`seed`"),
+    "grpo_one_generation": ("grpo", ["--num_generations", "1"], "at least 2 generations per prompt"),
+    "grpo_generations_do_not_divide_batch": (
+        "grpo",
+        ["--num_generations", "3"],
+        "must be divisible by num_generations",
+    ),
+    "rloo_one_generation": ("rloo", ["--num_generations", "1"], "at least 2 generations per prompt"),
+    "ppo_mini_batches_0": ("ppo", ["--num_mini_batches", "0"], "`num_mini_batches`"),
+    "remax_group_scaling_one_sample": ("remax", ["--scale_rewards", "group"], "needs `num_generations > 1`"),
+    "dpo_loss_weights_length": ("dpo", ["--loss_weights", "1", "2"], "`loss_weights` must have the same length"),
 }
 
 
