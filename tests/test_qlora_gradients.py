@@ -1,0 +1,135 @@
+"""QLoRA gradients equal those of a float32 twin (same base weights dequantized, same LoRA weights), also after an
+eval-mode pass: bitsandbytes' CPU inference repack must never reach a model our QLoRA switch loaded.
+
+``force_cpu_repack`` makes every new ``Linear4bit`` believe the CPU has AVX512-BF16 (bitsandbytes decides it per layer
+in ``Linear4bit.__init__``), so the repack path, and these tests, behave the same on any CPU.
+"""
+
+import pytest
+import torch
+
+bnb = pytest.importorskip("bitsandbytes")
+
+from transformers import AutoModelForCausalLM  # noqa: E402
+
+from trl_extras.quantization import (  # noqa: E402
+    QLoRAConfig,
+    cpu_repacked_layers,
+    disable_cpu_inference_repack,
+    load_qlora_model,
+)
+
+CPU_QLORA = QLoRAConfig(bnb_4bit_compute_dtype="float32", lora_r=4, lora_alpha=8, lora_dropout=0.0)
+IDS = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12], [20, 21, 22, 23, 24, 25, 26, 27]])
+
+
+@pytest.fixture(scope="module")
+def tiny_paths(tmp_path_factory):
+    """A tiny Llama without biases and one with a bias on every linear (as Qwen2, GPT-2 and OPT have)."""
+    from trl_extras.testing import build_tiny_causal_lm
+
+    return {
+        "plain": build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-lm")),
+        "biased": build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-lm-bias"), attention_bias=True, mlp_bias=True),
+    }
+
+
+@pytest.fixture
+def force_cpu_repack(monkeypatch):
+    monkeypatch.setattr(bnb.nn.modules, "has_avx512bf16", lambda: True)
+
+
+def float_twin(model, path, model_class=AutoModelForCausalLM):
+    """A float32 copy of the PEFT model ``model``: every 4-bit base weight dequantized, every other weight copied."""
+    from peft import get_peft_model
+
+    twin = get_peft_model(model_class.from_pretrained(path, dtype=torch.float32), model.peft_config["default"])
+    with torch.no_grad():
+        for name, param in twin.named_parameters():
+            source = model.get_parameter(name)
+            if isinstance(source, bnb.nn.Params4bit):
+                assert not getattr(source.quant_state, "packing_format_for_cpu", False), name
+                source = bnb.functional.dequantize_4bit(source.data, source.quant_state)
+            param.copy_(source.to(torch.float32))
+    return twin
+
+
+def lora_gradients(model, ids=IDS):
+    """Gradients of a fixed loss of the logits, taken in train mode, of every trainable weight."""
+    model.train()
+    model.zero_grad()
+    logits = model(input_ids=ids).logits
+    (logits.float().square().mean() + logits.float()[..., 0].sum()).backward()
+    grads = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    return grads
+
+
+def relative_errors(grads, reference):
+    assert grads.keys() == reference.keys()
+    return {name: ((grads[name] - ref).norm() / ref.norm()).item() for name, ref in reference.items()}
+
+
+def assert_gradients_match_twin(model, path, model_class=AutoModelForCausalLM, rtol=1e-5):
+    assert not cpu_repacked_layers(model)
+    reference = lora_gradients(float_twin(model, path, model_class))
+    assert all(ref.norm() > 0 for ref in reference.values()), "a trainable weight has no gradient: weak check"
+    errors = relative_errors(lora_gradients(model), reference)
+    worst = max(errors, key=errors.get)
+    assert errors[worst] < rtol, f"{worst}: relative gradient error {errors[worst]:.2e} against the float32 twin"
+
+
+def nonzero_adapter(model):
+    """lora_B starts at zero (then lora_A has no gradient); give it small values so every LoRA weight is checked."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(0.1 * torch.randn(param.shape, generator=generator))
+    return model
+
+
+@pytest.mark.parametrize("kind", ["plain", "biased"])
+def test_lora_gradients_equal_the_float_twin_after_an_eval_pass(tiny_paths, force_cpu_repack, kind):
+    model = nonzero_adapter(load_qlora_model(tiny_paths[kind], CPU_QLORA))
+    assert_gradients_match_twin(model, tiny_paths[kind])
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=IDS)  # an evaluation pass: bitsandbytes would repack here
+        model.generate(input_ids=IDS[:1], max_new_tokens=2, do_sample=False)
+    assert cpu_repacked_layers(model) == []
+    assert_gradients_match_twin(model, tiny_paths[kind])
+
+
+def test_every_4bit_layer_has_the_repack_switch_off(tiny_paths, force_cpu_repack):
+    model = load_qlora_model(tiny_paths["plain"], CPU_QLORA)
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(layers) == 14
+    assert all(m.support_avx512bf16_for_cpu is False for m in layers)
+
+
+def test_a_layer_repacked_before_the_switch_is_an_error(tiny_paths, force_cpu_repack):
+    from transformers import BitsAndBytesConfig
+
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(tiny_paths["plain"], quantization_config=quantization)
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=IDS)
+    assert len(cpu_repacked_layers(model)) == 14  # what bitsandbytes does without the switch
+    with pytest.raises(ValueError, match=r"14 4-bit layer\(s\) \(first: 'model.layers.0.self_attn.q_proj'\)"):
+        disable_cpu_inference_repack(model)
+
+
+def test_a_bitsandbytes_without_the_switch_is_an_error(tiny_paths, monkeypatch):
+    from transformers import BitsAndBytesConfig
+
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(tiny_paths["plain"], quantization_config=quantization)
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            del module.support_avx512bf16_for_cpu
+    with pytest.raises(RuntimeError, match="'model.layers.0.self_attn.q_proj' has no `support_avx512bf16_for_cpu`"):
+        disable_cpu_inference_repack(model)
+    monkeypatch.delattr(bnb.functional, "_convert_weight_packed_for_cpu")  # a bitsandbytes that never repacks
+    assert disable_cpu_inference_repack(model) == 0
