@@ -43,7 +43,8 @@ def float_twin(model, path, model_class=AutoModelForCausalLM):
     """A float32 copy of the PEFT model ``model``: every 4-bit base weight dequantized, every other weight copied."""
     from peft import get_peft_model
 
-    twin = get_peft_model(model_class.from_pretrained(path, dtype=torch.float32), model.peft_config["default"])
+    base = model_class.from_pretrained(path, dtype=torch.float32, num_labels=model.config.num_labels)
+    twin = get_peft_model(base, model.peft_config["default"])
     with torch.no_grad():
         for name, param in twin.named_parameters():
             source = model.get_parameter(name)
@@ -133,3 +134,124 @@ def test_a_bitsandbytes_without_the_switch_is_an_error(tiny_paths, monkeypatch):
         disable_cpu_inference_repack(model)
     monkeypatch.delattr(bnb.functional, "_convert_weight_packed_for_cpu")  # a bitsandbytes that never repacks
     assert disable_cpu_inference_repack(model) == 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# in every trainer: train two steps with an evaluation after each (ReMax's greedy pass runs in eval mode every step),
+# then the model the trainer leaves must still train like its float32 twin, with a float32 adapter
+
+
+def _even_tokens(completion_ids, **kwargs):
+    return [sum(1 for t in ids if t % 2 == 0) / max(len(ids), 1) for ids in completion_ids]
+
+
+def _pairs():
+    from datasets import Dataset
+
+    rows = [{"prompt": "The movie was", "chosen": " great.", "rejected": " bad."}] * 4
+    return Dataset.from_list(rows)
+
+
+def _prompts():
+    from datasets import Dataset
+
+    return Dataset.from_list([{"prompt": p} for p in ["The movie was", "I think", "Today the", "It is"]])
+
+
+def _texts():
+    from datasets import Dataset
+
+    return Dataset.from_list([{"text": "The movie was great, I loved it."}] * 4)
+
+
+_COMMON = dict(
+    max_steps=2,
+    learning_rate=1e-2,
+    bf16=False,
+    report_to="none",
+    save_strategy="no",
+    disable_tqdm=True,
+    eval_strategy="steps",
+    eval_steps=1,
+    seed=0,
+)
+_ONLINE = dict(max_completion_length=4, per_device_train_batch_size=4, per_device_eval_batch_size=4)
+
+
+def _case(name):
+    """``(trainer class, config, trainer kwargs, datasets, model class, stock)`` for each trainer that takes QLoRA."""
+    import trl
+    from transformers import AutoModelForSequenceClassification
+
+    import trl_extras
+
+    offline = dict(per_device_train_batch_size=2, per_device_eval_batch_size=2)
+    cases = {
+        "unlikelihood": (trl_extras.UnlikelihoodTrainer, trl_extras.UnlikelihoodConfig, offline, {}, _pairs),
+        "dpo": (trl.DPOTrainer, trl.DPOConfig, offline, {}, _pairs),
+        "sft": (trl.SFTTrainer, trl.SFTConfig, offline, {}, _texts),
+        "reward": (trl.RewardTrainer, trl.RewardConfig, offline, {}, _pairs),
+        "remax": (trl_extras.ReMaxTrainer, trl_extras.ReMaxConfig, _ONLINE, {"reward_funcs": _even_tokens}, _prompts),
+        "grpo": (
+            trl.GRPOTrainer,
+            trl.GRPOConfig,
+            {**_ONLINE, "num_generations": 2, "num_generations_eval": 2},
+            {"reward_funcs": _even_tokens},
+            _prompts,
+        ),
+        "rloo": (
+            trl.RLOOTrainer,
+            trl.RLOOConfig,
+            {**_ONLINE, "num_generations": 2, "num_generations_eval": 2},
+            {"reward_funcs": _even_tokens},
+            _prompts,
+        ),
+        "ppo": (
+            trl_extras.PPOTrainer,
+            trl_extras.PPOConfig,
+            {**_ONLINE, "num_ppo_epochs": 1, "num_mini_batches": 1},
+            {"reward_funcs": _even_tokens},
+            _prompts,
+        ),
+    }
+    trainer_class, config_class, config_kwargs, trainer_kwargs, data = cases[name]
+    model_class = AutoModelForSequenceClassification if name == "reward" else AutoModelForCausalLM
+    return trainer_class, config_class, config_kwargs, trainer_kwargs, data, model_class
+
+
+TRAINERS = ["unlikelihood", "remax", "ppo", "dpo", "grpo", "rloo", "reward", "sft"]
+STOCK = {"dpo", "grpo", "rloo", "reward", "sft"}
+
+
+@pytest.mark.parametrize("name", TRAINERS)
+def test_qlora_trains_like_its_float_twin_in_every_trainer(name, tiny_paths, force_cpu_repack, tmp_path):
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from trl_extras.scripts._common import train_and_save
+
+    trainer_class, config_class, config_kwargs, trainer_kwargs, data, model_class = _case(name)
+    path = tiny_paths["biased"]
+    qlora = CPU_QLORA
+    if name == "reward":
+        qlora = QLoRAConfig(**{**CPU_QLORA.to_dict(), "task_type": "SEQ_CLS", "lora_modules_to_save": ["score"]})
+    model = load_qlora_model(path, qlora, model_class=model_class, **({"num_labels": 1} if name == "reward" else {}))
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if name == "reward":
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if name == "ppo":
+        trainer_kwargs = {**trainer_kwargs, "value_model": path}
+    args = config_class(output_dir=str(tmp_path), **_COMMON, **config_kwargs)
+    trainer = trainer_class(
+        model=model, args=args, train_dataset=data(), eval_dataset=data(), processing_class=tokenizer, **trainer_kwargs
+    )
+    if name in STOCK:  # as the CLI runs them: its train_and_save restores the adapter's dtype before training
+        train_and_save(trainer, SimpleNamespace(dataset_name="local.jsonl", eval_samples=0), args, role="policy")
+    else:
+        trainer.train()
+    evaluations = [log for log in trainer.state.log_history if any(key.startswith("eval_") for key in log)]
+    assert len(evaluations) == 2, f"{name}: expected an evaluation after each of the 2 steps"
+    trainable = {n: p.dtype for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert set(trainable.values()) == {torch.float32}, f"{name}: adapter dtypes {set(trainable.values())}"
+    assert_gradients_match_twin(nonzero_adapter(trainer.model), path, model_class)

@@ -30,6 +30,7 @@ QLoRA: Dettmers et al. 2023, https://arxiv.org/abs/2305.14314.
 from __future__ import annotations
 
 import importlib.util
+import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -143,11 +144,7 @@ def lora_config(config: QLoRAConfig):
 
 def is_4bit_model(model: torch.nn.Module) -> bool:
     """True when at least one linear layer of ``model`` holds bitsandbytes 4-bit weights."""
-    try:
-        import bitsandbytes as bnb
-    except ImportError:
-        return False
-    return any(isinstance(module, bnb.nn.Linear4bit) for module in model.modules())
+    return bool(_linear4bit_layers(model))
 
 
 # bitsandbytes (0.49, 0.50) decides per layer, in ``Linear4bit.__init__``, whether ``forward`` may repack the CPU weights
@@ -157,8 +154,10 @@ _REPACK_SWITCH = "support_avx512bf16_for_cpu"
 
 
 def _linear4bit_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-    import bitsandbytes as bnb
-
+    """The ``(name, module)`` of every bitsandbytes ``Linear4bit``; none (and no import) if bitsandbytes is not loaded."""
+    bnb = sys.modules.get("bitsandbytes")
+    if bnb is None:
+        return []
     return [(name, module) for name, module in model.named_modules() if isinstance(module, bnb.nn.Linear4bit)]
 
 
@@ -167,8 +166,6 @@ def cpu_repacked_layers(model: torch.nn.Module) -> list[str]:
 
     Such a layer computes its forward with ``gemv_4bit``, which has no autograd kernel: it must not be trained.
     """
-    if importlib.util.find_spec("bitsandbytes") is None:
-        return []
     return [
         name
         for name, module in _linear4bit_layers(model)
@@ -201,8 +198,9 @@ def disable_cpu_inference_repack(model: torch.nn.Module) -> int:
             "trained; bitsandbytes' inverse repack is lossy. Load the model again and call this before its first "
             "forward (load_qlora_model does)."
         )
-    import bitsandbytes as bnb
-
+    if not layers:
+        return 0
+    bnb = sys.modules["bitsandbytes"]
     can_repack = hasattr(bnb.functional, "_convert_weight_packed_for_cpu")
     count = 0
     for name, module in layers:
@@ -229,8 +227,6 @@ def restore_adapter_dtype(model: torch.nn.Module) -> int:
     keep TRL's bf16 rounding (a fresh adapter's initialisation, so nothing is lost that training relied on). Does
     nothing for models without 4-bit layers or with another compute dtype.
     """
-    if importlib.util.find_spec("bitsandbytes") is None:
-        return 0
     dtypes = {module.compute_dtype for _, module in _linear4bit_layers(model)}
     if dtypes != {torch.float32}:
         return 0
@@ -242,13 +238,23 @@ def restore_adapter_dtype(model: torch.nn.Module) -> int:
     return count
 
 
-def load_qlora_model(model_name_or_path: str, qlora_config: QLoRAConfig | None = None, model_class=None, **kwargs):
+def load_qlora_model(
+    model_name_or_path: str,
+    qlora_config: QLoRAConfig | None = None,
+    model_class=None,
+    adapter_name_or_path: str | None = None,
+    **kwargs,
+):
     """Load ``model_name_or_path`` with ``from_pretrained`` in 4 bit, prepare it for k-bit training, attach LoRA.
 
     Args:
         model_name_or_path: a Hub id or a local directory, passed to ``model_class.from_pretrained``.
         qlora_config: what to load; defaults to ``QLoRAConfig()``.
         model_class: a transformers auto class or model class; defaults to ``AutoModelForCausalLM``.
+        adapter_name_or_path: a saved adapter (``trainer.save_model``'s directory) to load, trainable, instead of new
+            LoRA weights; its own adapter config is used, the LoRA fields of ``qlora_config`` are ignored. A float32
+            adapter stays float32; with a bf16/fp16 compute dtype the adapter keeps the dtype it was saved in, as it
+            was trained. Either way the reloaded model gives the trained model's logits exactly.
         **kwargs: further ``from_pretrained`` arguments (``device_map``, ``attn_implementation``, ...).
 
     Returns:
@@ -257,7 +263,7 @@ def load_qlora_model(model_name_or_path: str, qlora_config: QLoRAConfig | None =
         inference repack is off on its 4-bit layers (see ``disable_cpu_inference_repack``), so evaluation passes
         leave them trainable.
     """
-    from peft import get_peft_model, prepare_model_for_kbit_training
+    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 
     config = qlora_config or QLoRAConfig()
     if model_class is None:
@@ -273,4 +279,11 @@ def load_qlora_model(model_name_or_path: str, qlora_config: QLoRAConfig | None =
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
     elif config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    if adapter_name_or_path is not None:
+        return PeftModel.from_pretrained(
+            model,
+            adapter_name_or_path,
+            is_trainable=True,
+            autocast_adapter_dtype=config.compute_dtype == torch.float32,
+        )
     return get_peft_model(model, lora_config(config))

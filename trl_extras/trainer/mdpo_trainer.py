@@ -19,6 +19,7 @@ from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 from ..data import validate_preference_dataset
 from ..image_corruption import ImageCorruption
 from ..losses.mdpo import anchor_loss, conditional_preference_loss, conditional_reward_margin
+from ..quantization import restore_adapter_dtype
 from .mdpo_config import MDPOConfig
 
 __all__ = ["DataCollatorForMDPO", "MDPOTrainer"]
@@ -308,6 +309,7 @@ class MDPOTrainer(DPOTrainer):
             quantization_config=quantization_config,
             peft_config=peft_config,
         )
+        restore_adapter_dtype(self.model)  # TRL casts a 4-bit model's adapter to bf16 even for float32 compute
         if args.conditional_weight > 0 and not isinstance(self.data_collator, DataCollatorForMDPO):
             self.data_collator = DataCollatorForMDPO(
                 base=self.data_collator,

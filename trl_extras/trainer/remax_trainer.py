@@ -19,6 +19,7 @@ from trl.trainer.utils import get_config_model_id
 
 from ..data import validate_prompt_dataset
 from ..losses.remax import remax_advantages, weighted_rewards
+from ..quantization import restore_adapter_dtype
 from .remax_config import ReMaxConfig
 
 
@@ -172,6 +173,7 @@ class ReMaxTrainer(GRPOTrainer):
             quantization_config=quantization_config,
             peft_config=peft_config,
         )
+        restore_adapter_dtype(self.model)  # TRL casts a 4-bit model's adapter to bf16 even for float32 compute
 
     # ------------------------------------------------------------------------------------------------ generation
     def _num_generations(self) -> int:
