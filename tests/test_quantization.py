@@ -171,3 +171,38 @@ def test_a_trained_float32_adapter_reloads_exactly(tiny_lm_path, tmp_path, train
     assert [n for n, p in reloaded.named_parameters() if p.requires_grad] == [
         n for n, p in trained.named_parameters() if p.requires_grad
     ]
+
+
+_NOTICE = "gemm_4bit_forward from kernels-community"
+
+_NON_4BIT_RUN = """
+import sys
+import trl_extras
+from trl_extras.quantization import QLoRAConfig, is_4bit_model
+assert "bitsandbytes" not in sys.modules, "trl_extras imported bitsandbytes"
+from datasets import Dataset
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1])
+assert not is_4bit_model(model) and "bitsandbytes" not in sys.modules, "is_4bit_model imported bitsandbytes"
+from trl_extras import UnlikelihoodConfig, UnlikelihoodTrainer  # imports trl, peft and so bitsandbytes
+assert "bitsandbytes" in sys.modules
+args = UnlikelihoodConfig(output_dir=sys.argv[2], bf16=False, report_to="none", max_steps=1)
+pairs = Dataset.from_list([{"prompt": "The movie was", "chosen": " great.", "rejected": " bad."}] * 2)
+UnlikelihoodTrainer(model=model, args=args, train_dataset=pairs)
+print("built")
+"""
+
+
+def test_a_run_without_4bit_prints_no_bitsandbytes_kernels_notice(tiny_lm_path, tmp_path):
+    """peft imports bitsandbytes on every run (trl-extras itself never does unless asked for 4 bit); trl-extras drops the
+    notice bitsandbytes logs on import (its kernel serves only the CPU inference repack our switch turns off)."""
+    import subprocess
+
+    control = subprocess.run([sys.executable, "-c", "import peft"], capture_output=True, text=True, check=True)
+    if _NOTICE not in control.stderr:
+        pytest.skip("this machine's bitsandbytes logs no kernels notice on import (no AVX512-BF16, or `kernels`)")
+    run = subprocess.run(
+        [sys.executable, "-c", _NON_4BIT_RUN, tiny_lm_path, str(tmp_path)], capture_output=True, text=True
+    )
+    assert run.returncode == 0 and "built" in run.stdout, run.stderr[-3000:]
+    assert _NOTICE not in run.stderr
