@@ -25,12 +25,13 @@ IDS = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12], [20, 21, 22, 23, 24, 25, 26, 27
 
 @pytest.fixture(scope="module")
 def tiny_paths(tmp_path_factory):
-    """A tiny Llama without biases and one with a bias on every linear (as Qwen2, GPT-2 and OPT have)."""
-    from trl_extras.testing import build_tiny_causal_lm
+    """A tiny Llama without biases, one with a bias on every linear (as Qwen2, GPT-2 and OPT have), a tiny Llava."""
+    from trl_extras.testing import build_tiny_causal_lm, build_tiny_vlm
 
     return {
         "plain": build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-lm")),
         "biased": build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-lm-bias"), attention_bias=True, mlp_bias=True),
+        "vlm": build_tiny_vlm(tmp_path_factory.mktemp("tiny-vlm"), family="llava"),
     }
 
 
@@ -55,11 +56,11 @@ def float_twin(model, path, model_class=AutoModelForCausalLM):
     return twin
 
 
-def lora_gradients(model, ids=IDS):
+def lora_gradients(model, inputs=None):
     """Gradients of a fixed loss of the logits, taken in train mode, of every trainable weight."""
     model.train()
     model.zero_grad()
-    logits = model(input_ids=ids).logits
+    logits = model(**(inputs or {"input_ids": IDS})).logits
     (logits.float().square().mean() + logits.float()[..., 0].sum()).backward()
     grads = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
     model.zero_grad()
@@ -71,11 +72,11 @@ def relative_errors(grads, reference):
     return {name: ((grads[name] - ref).norm() / ref.norm()).item() for name, ref in reference.items()}
 
 
-def assert_gradients_match_twin(model, path, model_class=AutoModelForCausalLM, rtol=1e-5):
+def assert_gradients_match_twin(model, path, model_class=AutoModelForCausalLM, inputs=None, rtol=1e-5):
     assert not cpu_repacked_layers(model)
-    reference = lora_gradients(float_twin(model, path, model_class))
+    reference = lora_gradients(float_twin(model, path, model_class), inputs)
     assert all(ref.norm() > 0 for ref in reference.values()), "a trainable weight has no gradient: weak check"
-    errors = relative_errors(lora_gradients(model), reference)
+    errors = relative_errors(lora_gradients(model, inputs), reference)
     worst = max(errors, key=errors.get)
     assert errors[worst] < rtol, f"{worst}: relative gradient error {errors[worst]:.2e} against the float32 twin"
 
@@ -158,6 +159,24 @@ def _prompts():
     return Dataset.from_list([{"prompt": p} for p in ["The movie was", "I think", "Today the", "It is"]])
 
 
+def _image_pairs():
+    import numpy as np
+    from datasets import Dataset
+    from PIL import Image
+
+    images = [
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8)) for i in range(4)
+    ]
+    return Dataset.from_dict(
+        {
+            "images": [[image] for image in images],
+            "prompt": [[{"role": "user", "content": "What is in the picture?"}]] * 4,
+            "chosen": [[{"role": "assistant", "content": "A red square."}]] * 4,
+            "rejected": [[{"role": "assistant", "content": "A dog."}]] * 4,
+        }
+    )
+
+
 def _texts():
     from datasets import Dataset
 
@@ -181,13 +200,14 @@ _ONLINE = dict(max_completion_length=4, per_device_train_batch_size=4, per_devic
 def _case(name):
     """``(trainer class, config, trainer kwargs, datasets, model class, stock)`` for each trainer that takes QLoRA."""
     import trl
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForImageTextToText, AutoModelForSequenceClassification
 
     import trl_extras
 
     offline = dict(per_device_train_batch_size=2, per_device_eval_batch_size=2)
     cases = {
         "unlikelihood": (trl_extras.UnlikelihoodTrainer, trl_extras.UnlikelihoodConfig, offline, {}, _pairs),
+        "mdpo": (trl_extras.MDPOTrainer, trl_extras.MDPOConfig, {**offline, "max_length": None}, {}, _image_pairs),
         "dpo": (trl.DPOTrainer, trl.DPOConfig, offline, {}, _pairs),
         "sft": (trl.SFTTrainer, trl.SFTConfig, offline, {}, _texts),
         "reward": (trl.RewardTrainer, trl.RewardConfig, offline, {}, _pairs),
@@ -215,11 +235,13 @@ def _case(name):
         ),
     }
     trainer_class, config_class, config_kwargs, trainer_kwargs, data = cases[name]
-    model_class = AutoModelForSequenceClassification if name == "reward" else AutoModelForCausalLM
+    model_class = {"reward": AutoModelForSequenceClassification, "mdpo": AutoModelForImageTextToText}.get(
+        name, AutoModelForCausalLM
+    )
     return trainer_class, config_class, config_kwargs, trainer_kwargs, data, model_class
 
 
-TRAINERS = ["unlikelihood", "remax", "ppo", "dpo", "grpo", "rloo", "reward", "sft"]
+TRAINERS = ["unlikelihood", "remax", "ppo", "mdpo", "dpo", "grpo", "rloo", "reward", "sft"]
 STOCK = {"dpo", "grpo", "rloo", "reward", "sft"}
 
 
@@ -230,14 +252,15 @@ def test_qlora_trains_like_its_float_twin_in_every_trainer(name, tiny_paths, for
     from transformers import AutoTokenizer
 
     from trl_extras.scripts._common import train_and_save
+    from trl_extras.testing import load_tiny_vlm_processor
 
     trainer_class, config_class, config_kwargs, trainer_kwargs, data, model_class = _case(name)
-    path = tiny_paths["biased"]
+    path = tiny_paths["vlm"] if name == "mdpo" else tiny_paths["biased"]  # the VLM's CLIP linears have biases
     qlora = CPU_QLORA
     if name == "reward":
         qlora = QLoRAConfig(**{**CPU_QLORA.to_dict(), "task_type": "SEQ_CLS", "lora_modules_to_save": ["score"]})
     model = load_qlora_model(path, qlora, model_class=model_class, **({"num_labels": 1} if name == "reward" else {}))
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = load_tiny_vlm_processor(path) if name == "mdpo" else AutoTokenizer.from_pretrained(path)
     if name == "reward":
         model.config.pad_token_id = tokenizer.pad_token_id
     if name == "ppo":
@@ -254,4 +277,8 @@ def test_qlora_trains_like_its_float_twin_in_every_trainer(name, tiny_paths, for
     assert len(evaluations) == 2, f"{name}: expected an evaluation after each of the 2 steps"
     trainable = {n: p.dtype for n, p in trainer.model.named_parameters() if p.requires_grad}
     assert set(trainable.values()) == {torch.float32}, f"{name}: adapter dtypes {set(trainable.values())}"
-    assert_gradients_match_twin(nonzero_adapter(trainer.model), path, model_class)
+    inputs = None
+    if name == "mdpo":  # an image and text, so that the vision tower's adapters get gradients too
+        image = _image_pairs()[0]["images"][0]
+        inputs = dict(tokenizer(text=["<image> What is in the picture?"], images=[image], return_tensors="pt"))
+    assert_gradients_match_twin(nonzero_adapter(trainer.model), path, model_class, inputs)
