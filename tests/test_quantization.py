@@ -194,8 +194,8 @@ print("built")
 
 
 def test_a_run_without_4bit_prints_no_bitsandbytes_kernels_notice(tiny_lm_path, tmp_path):
-    """peft imports bitsandbytes on every run (trl-extras itself never does unless asked for 4 bit); trl-extras drops the
-    notice bitsandbytes logs on import (its kernel serves only the CPU inference repack our switch turns off)."""
+    """peft imports bitsandbytes on every run (trl-extras itself never does unless asked for 4 bit); trl-extras
+    drops the notice bitsandbytes logs on import (its kernel only serves the CPU repack our switch turns off)."""
     import subprocess
 
     control = subprocess.run([sys.executable, "-c", "import peft"], capture_output=True, text=True, check=True)

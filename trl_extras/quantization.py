@@ -15,10 +15,11 @@ trainer = DPOTrainer(model=model, args=DPOConfig(...), train_dataset=dataset)  #
 Two bitsandbytes/TRL behaviours are switched off for the models this switch loads, because both make training
 silently wrong:
 
-- bitsandbytes >= 0.49 repacks a CPU ``Linear4bit`` in place, for its AVX512-BF16 inference kernel, the first time it
-  runs in ``eval()`` mode on an input that needs no gradient (any evaluation or greedy pass), and never converts it
-  back; later training forwards then go through ``gemv_4bit``, which has no autograd kernel: LoRA gradients come out
-  wrong (about 100% relative error) and linears with a bias raise "a view of a leaf Variable ... in-place operation".
+- bitsandbytes (0.50, the version we test) repacks a CPU ``Linear4bit`` in place, for its AVX512-BF16 inference
+  kernel, the first time it runs in ``eval()`` mode on an input that needs no gradient (any evaluation or greedy
+  pass), and never converts it back; later training forwards then go through ``gemv_4bit``, which has no autograd
+  kernel: LoRA gradients come out wrong (about 100% relative error) and linears with a bias raise "a view of a leaf
+  Variable ... in-place operation".
   ``load_qlora_model`` turns that repack off on every 4-bit layer (``disable_cpu_inference_repack``).
 - TRL's trainers cast the trainable weights of every quantized model to bfloat16 at construction, whatever the
   compute dtype. With ``bnb_4bit_compute_dtype="float32"`` the adapter then trains (and is saved) in bf16 while the
@@ -147,14 +148,15 @@ def is_4bit_model(model: torch.nn.Module) -> bool:
     return bool(_linear4bit_layers(model))
 
 
-# bitsandbytes (0.49, 0.50) decides per layer, in ``Linear4bit.__init__``, whether ``forward`` may repack the CPU weights
-# for its AVX512-BF16 inference kernel: ``self.support_avx512bf16_for_cpu = has_avx512bf16()``. It is an instance
-# attribute, so setting it on the class would not reach layers that already exist; it is set on each layer instead.
+# bitsandbytes (0.50, the version we test) decides per layer, in ``Linear4bit.__init__``, whether ``forward`` may
+# repack the CPU weights for its AVX512-BF16 inference kernel: ``self.support_avx512bf16_for_cpu = has_avx512bf16()``.
+# It is an instance attribute, so setting it on the class would not reach layers that already exist (an instance
+# attribute shadows a class one); it is set on each layer instead.
 _REPACK_SWITCH = "support_avx512bf16_for_cpu"
 
 
 def _linear4bit_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-    """The ``(name, module)`` of every bitsandbytes ``Linear4bit``; none (and no import) if bitsandbytes is not loaded."""
+    """Every bitsandbytes ``Linear4bit`` of ``model`` as ``(name, module)``; none (no import) without bitsandbytes."""
     bnb = sys.modules.get("bitsandbytes")
     if bnb is None:
         return []
@@ -211,7 +213,7 @@ def disable_cpu_inference_repack(model: torch.nn.Module) -> int:
             raise RuntimeError(
                 f"bitsandbytes {getattr(bnb, '__version__', '?')} can repack CPU 4-bit weights for inference, but "
                 f"layer {name!r} has no `{_REPACK_SWITCH}` switch to turn that off, so its LoRA gradients would be "
-                "wrong after any eval-mode pass. Install a bitsandbytes release that has the switch (0.49 or 0.50) "
+                "wrong after any eval-mode pass. Install a bitsandbytes release that has the switch (0.50 does) "
                 "or train on a CUDA device."
             )
     return count
