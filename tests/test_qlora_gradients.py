@@ -282,3 +282,31 @@ def test_qlora_trains_like_its_float_twin_in_every_trainer(name, tiny_paths, for
         image = _image_pairs()[0]["images"][0]
         inputs = dict(tokenizer(text=["<image> What is in the picture?"], images=[image], return_tensors="pt"))
     assert_gradients_match_twin(nonzero_adapter(trainer.model), path, model_class, inputs)
+
+
+@pytest.mark.parametrize("name", ["remax", "unlikelihood"])
+def test_a_4bit_model_trl_loads_from_a_path_is_covered_too(name, tiny_paths, force_cpu_repack, tmp_path):
+    """Our trainers given a path and a ``quantization_config`` (TRL loads the 4-bit model, not our switch)."""
+    from peft import LoraConfig
+    from transformers import AutoTokenizer, BitsAndBytesConfig
+
+    trainer_class, config_class, config_kwargs, trainer_kwargs, data, _ = _case(name)
+    path = tiny_paths["biased"]
+    args = config_class(output_dir=str(tmp_path), **_COMMON, **config_kwargs)
+    trainer = trainer_class(
+        model=path,
+        args=args,
+        train_dataset=data(),
+        eval_dataset=data(),
+        processing_class=AutoTokenizer.from_pretrained(path),
+        quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float32),
+        peft_config=LoraConfig(
+            r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
+        ),
+        **trainer_kwargs,
+    )
+    layers = [m for m in trainer.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(layers) == 14 and not any(m.support_avx512bf16_for_cpu for m in layers)
+    trainer.train()
+    assert {p.dtype for p in trainer.model.parameters() if p.requires_grad} == {torch.float32}
+    assert_gradients_match_twin(nonzero_adapter(trainer.model), path)

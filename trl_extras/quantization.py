@@ -23,7 +23,11 @@ silently wrong:
   ``load_qlora_model`` turns that repack off on every 4-bit layer (``disable_cpu_inference_repack``).
 - TRL's trainers cast the trainable weights of every quantized model to bfloat16 at construction, whatever the
   compute dtype. With ``bnb_4bit_compute_dtype="float32"`` the adapter then trains (and is saved) in bf16 while the
-  model computes in float32; ``restore_adapter_dtype`` casts it back and our trainers and CLI call it.
+  model computes in float32; ``restore_adapter_dtype`` casts it back.
+
+Our trainers, and the CLI for the stock ones, call both on their model after TRL's ``__init__``
+(``keep_4bit_training_exact``), so a 4-bit model TRL loads itself from ``quantization_config`` is covered too. With a
+stock trainer in Python, call ``keep_4bit_training_exact(trainer.model)`` before ``trainer.train()``.
 
 QLoRA: Dettmers et al. 2023, https://arxiv.org/abs/2305.14314.
 """
@@ -43,6 +47,7 @@ __all__ = [
     "cpu_repacked_layers",
     "disable_cpu_inference_repack",
     "is_4bit_model",
+    "keep_4bit_training_exact",
     "load_qlora_model",
     "lora_config",
     "require_bitsandbytes",
@@ -238,6 +243,16 @@ def restore_adapter_dtype(model: torch.nn.Module) -> int:
             param.data = param.data.to(torch.float32)
             count += 1
     return count
+
+
+def keep_4bit_training_exact(model: torch.nn.Module) -> None:
+    """What our trainers (and the CLI, for the stock ones) call on the model TRL's ``__init__`` leaves, before training.
+
+    ``disable_cpu_inference_repack`` (also for a 4-bit model TRL loaded itself from ``quantization_config``) and
+    ``restore_adapter_dtype``. Does nothing for a model without 4-bit layers.
+    """
+    disable_cpu_inference_repack(model)
+    restore_adapter_dtype(model)
 
 
 def load_qlora_model(

@@ -314,10 +314,10 @@ def train_and_save(trainer, script_args, training_args, *, role: str, evaluation
     ``{"before": ..., "after": ...}`` when something was measured, else ``None``.
     """
     global TRAINING_STARTED
-    from trl_extras.quantization import restore_adapter_dtype
+    from trl_extras.quantization import keep_4bit_training_exact
     from trl_extras.tasks import registry
 
-    restore_adapter_dtype(trainer.model)  # stock TRL trainers cast a 4-bit model's adapter to bf16 (float32 compute)
+    keep_4bit_training_exact(trainer.model)  # stock trainers: CPU repack off, TRL's bf16 adapter cast undone
     print_ = trainer.accelerator.print
     state = trainer.accelerator.state
     print_(f"Running on {state.num_processes} process(es), {state.distributed_type.value}, device {state.device}.")

@@ -31,7 +31,7 @@ from ..losses.ppo import (
     ppo_policy_loss,
     ppo_value_loss,
 )
-from ..quantization import restore_adapter_dtype
+from ..quantization import keep_4bit_training_exact
 from .ppo_config import PPOConfig
 from .value_model import (
     PerTokenValueModel,
@@ -193,7 +193,7 @@ class PPOTrainer(GRPOTrainer):
             rollout_func=rollout_func,
             environment_factory=environment_factory,
         )
-        restore_adapter_dtype(self.model)  # TRL casts a 4-bit model's adapter to bf16 even for float32 compute
+        keep_4bit_training_exact(self.model)  # bitsandbytes' CPU repack off, TRL's bf16 adapter cast undone
         if self._is_vlm:
             raise NotImplementedError("PPOTrainer supports text-only policies: its value model reads token ids only.")
 

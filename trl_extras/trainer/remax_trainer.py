@@ -19,7 +19,7 @@ from trl.trainer.utils import get_config_model_id
 
 from ..data import validate_prompt_dataset
 from ..losses.remax import remax_advantages, weighted_rewards
-from ..quantization import restore_adapter_dtype
+from ..quantization import keep_4bit_training_exact
 from .remax_config import ReMaxConfig
 
 
@@ -173,7 +173,7 @@ class ReMaxTrainer(GRPOTrainer):
             quantization_config=quantization_config,
             peft_config=peft_config,
         )
-        restore_adapter_dtype(self.model)  # TRL casts a 4-bit model's adapter to bf16 even for float32 compute
+        keep_4bit_training_exact(self.model)  # bitsandbytes' CPU repack off, TRL's bf16 adapter cast undone
 
     # ------------------------------------------------------------------------------------------------ generation
     def _num_generations(self) -> int:
