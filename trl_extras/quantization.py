@@ -7,9 +7,14 @@ the adapter disabled (``with model.disable_adapter():``) instead of loading a se
 ```python
 from trl import DPOConfig, DPOTrainer
 from trl_extras import QLoRAConfig, load_qlora_model
+from trl_extras.quantization import keep_4bit_training_exact
 
 model = load_qlora_model("Qwen/Qwen2.5-0.5B-Instruct", QLoRAConfig(lora_r=16))
 trainer = DPOTrainer(model=model, args=DPOConfig(...), train_dataset=dataset)  # ref = disabled adapter
+keep_4bit_training_exact(trainer.model)  # a stock trainer: see below (our trainers and the CLI do this themselves)
+trainer.train()
+trainer.save_model("out")
+model = load_qlora_model("Qwen/Qwen2.5-0.5B-Instruct", QLoRAConfig(lora_r=16), adapter_name_or_path="out")
 ```
 
 Two bitsandbytes/TRL behaviours are switched off for the models this switch loads, because both make training
@@ -19,8 +24,8 @@ silently wrong:
   kernel, the first time it runs in ``eval()`` mode on an input that needs no gradient (any evaluation or greedy
   pass), and never converts it back; later training forwards then go through ``gemv_4bit``, which has no autograd
   kernel: LoRA gradients come out wrong (about 100% relative error) and linears with a bias raise "a view of a leaf
-  Variable ... in-place operation".
-  ``load_qlora_model`` turns that repack off on every 4-bit layer (``disable_cpu_inference_repack``).
+  Variable ... in-place operation". ``load_qlora_model`` turns that repack off on every 4-bit layer
+  (``disable_cpu_inference_repack``).
 - TRL's trainers cast the trainable weights of every quantized model to bfloat16 at construction, whatever the
   compute dtype. With ``bnb_4bit_compute_dtype="float32"`` the adapter then trains (and is saved) in bf16 while the
   model computes in float32; ``restore_adapter_dtype`` casts it back.
