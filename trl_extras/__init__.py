@@ -7,9 +7,23 @@ bitsandbytes) are only needed by the names that use them.
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+
+class _DropBitsandbytesKernelsNotice(logging.Filter):
+    """bitsandbytes logs "Failed to load CPU gemm_4bit_forward from kernels-community" when it is imported on an
+    AVX512-BF16 CPU without the ``kernels`` package, and peft imports it on every run, 4-bit or not. That kernel only
+    serves bitsandbytes' repacked CPU inference layout, which every model our QLoRA switch loads has turned off
+    (``trl_extras.quantization.disable_cpu_inference_repack``), so the notice is noise in every trl-extras run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Failed to load CPU gemm_4bit_forward from kernels-community")
+
+
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_DropBitsandbytesKernelsNotice())
 
 # public name -> module that defines it
 _LAZY_NAMES: dict[str, str] = {

@@ -371,8 +371,10 @@ def train_and_save(trainer, script_args, training_args, *, role: str, evaluation
     ``{"before": ..., "after": ...}`` when something was measured, else ``None``.
     """
     global TRAINING_STARTED
+    from trl_extras.quantization import keep_4bit_training_exact
     from trl_extras.tasks import registry
 
+    keep_4bit_training_exact(trainer.model)  # stock trainers: CPU repack off, TRL's bf16 adapter cast undone
     print_ = trainer.accelerator.print
     state = trainer.accelerator.state
     print_(f"Running on {state.num_processes} process(es), {state.distributed_type.value}, device {state.device}.")

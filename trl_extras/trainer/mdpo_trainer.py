@@ -19,6 +19,7 @@ from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 from ..data import validate_preference_dataset
 from ..image_corruption import ImageCorruption
 from ..losses.mdpo import anchor_loss, conditional_preference_loss, conditional_reward_margin
+from ..quantization import keep_4bit_training_exact
 from .mdpo_config import MDPOConfig
 
 __all__ = ["DataCollatorForMDPO", "MDPOTrainer"]
@@ -308,6 +309,7 @@ class MDPOTrainer(DPOTrainer):
             quantization_config=quantization_config,
             peft_config=peft_config,
         )
+        keep_4bit_training_exact(self.model)  # bitsandbytes' CPU repack off, TRL's bf16 adapter cast undone
         if args.conditional_weight > 0 and not isinstance(self.data_collator, DataCollatorForMDPO):
             self.data_collator = DataCollatorForMDPO(
                 base=self.data_collator,

@@ -31,6 +31,7 @@ from ..losses.ppo import (
     ppo_policy_loss,
     ppo_value_loss,
 )
+from ..quantization import keep_4bit_training_exact
 from ..rewards import check_reward_funcs
 from .ppo_config import PPOConfig
 from .value_model import (
@@ -194,6 +195,7 @@ class PPOTrainer(GRPOTrainer):
             rollout_func=rollout_func,
             environment_factory=environment_factory,
         )
+        keep_4bit_training_exact(self.model)  # bitsandbytes' CPU repack off, TRL's bf16 adapter cast undone
         if self._is_vlm:
             raise NotImplementedError("PPOTrainer supports text-only policies: its value model reads token ids only.")
 

@@ -19,6 +19,7 @@ from trl.trainer.utils import get_config_model_id
 
 from ..data import validate_prompt_dataset
 from ..losses.remax import remax_advantages, weighted_rewards
+from ..quantization import keep_4bit_training_exact
 from ..rewards import check_reward_funcs
 from .remax_config import ReMaxConfig
 
@@ -174,6 +175,7 @@ class ReMaxTrainer(GRPOTrainer):
             quantization_config=quantization_config,
             peft_config=peft_config,
         )
+        keep_4bit_training_exact(self.model)  # bitsandbytes' CPU repack off, TRL's bf16 adapter cast undone
 
     # ------------------------------------------------------------------------------------------------ generation
     def _num_generations(self) -> int:

@@ -16,6 +16,7 @@ from trl import DPOTrainer
 from trl.trainer.utils import get_config_model_id
 
 from ..losses.unlikelihood import sequence_unlikelihood_loss, token_unlikelihood_loss
+from ..quantization import keep_4bit_training_exact
 from ._length_check import PreferenceLengthCheck
 from .unlikelihood_config import UnlikelihoodConfig
 
@@ -186,6 +187,7 @@ class UnlikelihoodTrainer(PreferenceLengthCheck, DPOTrainer):
                 quantization_config=quantization_config,
                 peft_config=peft_config,
             )
+        keep_4bit_training_exact(self.model)  # bitsandbytes' CPU repack off, TRL's bf16 adapter cast undone
         if is_peft_model(self.model) and "ref" in self.model.peft_config and not had_ref_adapter:
             self.model.delete_adapter("ref")  # DPOTrainer's frozen copy of a pretrained adapter, unused here
         if self.ref_model is not None:  # pragma: no cover - guards against a TRL change
