@@ -314,7 +314,10 @@ def train_and_save(trainer, script_args, training_args, *, role: str, evaluation
     ``{"before": ..., "after": ...}`` when something was measured, else ``None``.
     """
     global TRAINING_STARTED
+    from trl_extras.checkpointing import make_checkpoint_safe
     from trl_extras.tasks import registry
+
+    make_checkpoint_safe(trainer)  # TRL's stock trainers too: completion-marked checkpoints, strict resume
 
     print_ = trainer.accelerator.print
     state = trainer.accelerator.state

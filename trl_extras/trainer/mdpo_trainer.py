@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import os
 import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -12,10 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from transformers import ProcessorMixin
+from transformers import ProcessorMixin, TrainerState
+from transformers.trainer import TRAINER_STATE_NAME
 from trl import DPOTrainer
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
+from ..checkpointing import CheckpointSafetyMixin
 from ..data import validate_preference_dataset
 from ..image_corruption import ImageCorruption
 from ..losses.mdpo import anchor_loss, conditional_preference_loss, conditional_reward_margin
@@ -61,8 +65,11 @@ class DataCollatorForMDPO:
     ``prompt + chosen`` whose images are corrupted copies (``corruption``) of the true ones, collated by TRL's
     prompt-completion vision collator so that they are tokenised exactly like the chosen rows (checked per row).
 
-    The corruption draws from one generator seeded with ``seed`` (and the dataloader worker id), so a run is
-    reproducible for a given seed, and every step gets fresh crops.
+    Each call draws its corruptions from a generator seeded with ``(seed, worker id, batches)``, ``batches`` being
+    the number of earlier calls in this process, so a run is reproducible for a given seed and every step gets fresh
+    crops. ``batches`` is the collator's whole state: ``MDPOTrainer`` sets it when resuming from a checkpoint (the
+    micro-batches trained so far) and evaluates with a copy of its own, so a resumed run draws what the uninterrupted
+    run drew (with ``dataloader_num_workers=0``; each worker process counts for itself).
     """
 
     base: Callable[[list[dict[str, Any]]], dict[str, Any]]
@@ -70,7 +77,7 @@ class DataCollatorForMDPO:
     corruption: ImageCorruption = field(default_factory=ImageCorruption)
     seed: int = 0
     max_length: int | None = None
-    _rng: np.random.Generator | None = field(default=None, init=False, repr=False)
+    batches: int = 0
     _chosen_collator: DataCollatorForVisionLanguageModeling | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -78,22 +85,18 @@ class DataCollatorForMDPO:
             processor=self.processor, max_length=self.max_length, completion_only_loss=True
         )
 
-    @property
-    def rng(self) -> np.random.Generator:
-        if self._rng is None:  # created lazily so that each dataloader worker seeds its own
-            worker = torch.utils.data.get_worker_info()
-            self._rng = np.random.default_rng([self.seed, 0 if worker is None else worker.id])
-        return self._rng
-
-    def corrupt(self, example: dict[str, Any], row: int) -> list[Image.Image]:
+    def corrupt(self, example: dict[str, Any], row: int, rng: np.random.Generator) -> list[Image.Image]:
         images = example["images"] if "images" in example else [example["image"]]
-        return [self.corruption(_as_pil(image, row), self.rng) for image in images]
+        return [self.corruption(_as_pil(image, row), rng) for image in images]
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        worker = torch.utils.data.get_worker_info()
+        rng = np.random.default_rng([self.seed, 0 if worker is None else worker.id, self.batches])
+        self.batches += 1
         batch = self.base([_copy_example(example) for example in examples])
         chosen_rows = []
         for row, example in enumerate(examples):
-            chosen_row = {"images": self.corrupt(example, row)}
+            chosen_row = {"images": self.corrupt(example, row, rng)}
             chosen_row.update(
                 {k: copy.deepcopy(v) for k, v in example.items() if k in ("prompt", "tools", "chat_template_kwargs")}
             )
@@ -193,7 +196,7 @@ def _fused_forwards_with_extra_rows(
             handle.remove()
 
 
-class MDPOTrainer(DPOTrainer):
+class MDPOTrainer(CheckpointSafetyMixin, DPOTrainer):
     r"""
     Trainer for mDPO, [mDPO: Conditional Preference Optimization for Multimodal Large Language
     Models](https://arxiv.org/abs/2406.11839) (Wang et al., EMNLP 2024).
@@ -242,6 +245,9 @@ class MDPOTrainer(DPOTrainer):
       ``trl_extras.data.validate_preference_dataset(dataset, images="required")`` (a missing, unreadable or surplus
       image is a ``PreferenceDataError`` naming row and column), calls DPOTrainer's, then wraps the data collator it
       chose (or was given) in ``DataCollatorForMDPO``, which adds the chosen rows with corrupted images.
+    - ``_load_from_checkpoint``: after the weights (``trl_extras.checkpointing``, which also undoes the key renames
+      ``save_pretrained`` applies to vision-language models), moves the collator's corruption stream to the resumed
+      step; ``get_eval_dataloader`` gives evaluation its own copy of the collator.
     - ``_compute_loss``: calls DPOTrainer's for the DPO loss and its metrics. Meanwhile forward hooks stack the
       corrupted-image rows under DPOTrainer's own policy and reference forwards (one forward each, as in DPO, on
       ``3 * batch`` rows instead of ``2 * batch``) and hand DPOTrainer back exactly its own outputs; from the recorded
@@ -316,6 +322,22 @@ class MDPOTrainer(DPOTrainer):
                 seed=args.corruption_seed,
                 max_length=args.max_length,
             )
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if isinstance(self.data_collator, DataCollatorForMDPO):  # continue the corruption stream where it stopped
+            state = TrainerState.load_from_json(os.path.join(resume_from_checkpoint, TRAINER_STATE_NAME))
+            self.data_collator.batches = state.global_step * self.args.gradient_accumulation_steps
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        # Evaluation corrupts with a copy of the collator, so that it leaves the training stream (and resume) as is
+        collator = self.data_collator
+        if isinstance(collator, DataCollatorForMDPO):
+            self.data_collator = dataclasses.replace(collator, batches=0)
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = collator
 
     @staticmethod
     def _validate_image_data(dataset):
