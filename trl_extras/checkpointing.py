@@ -82,7 +82,7 @@ def is_complete_checkpoint(path: str) -> bool:
     return os.path.isfile(os.path.join(path, CHECKPOINT_COMPLETE_NAME))
 
 
-def latest_complete_checkpoint(output_dir: str) -> str | None:
+def latest_complete_checkpoint(output_dir: str, warn: bool = True) -> str | None:
     """The highest-numbered complete ``checkpoint-N`` in ``output_dir`` (``None`` if there is none).
 
     Incomplete checkpoints above it (a crash while writing them) are skipped with a warning that names them.
@@ -92,7 +92,7 @@ def latest_complete_checkpoint(output_dir: str) -> str | None:
     latest = complete[-1] if complete else None
     latest_step = -1 if latest is None else _step(latest)
     skipped = [path for step, path in checkpoints if step > latest_step and not is_complete_checkpoint(path)]
-    if skipped:
+    if skipped and warn and latest is not None:
         warnings.warn(
             f"Skipping incomplete checkpoint(s) {', '.join(skipped)} (no {CHECKPOINT_COMPLETE_NAME}: the run stopped "
             f"while writing them); resuming from {latest or 'nothing'}.",
@@ -126,7 +126,7 @@ def resolve_resume_from_checkpoint(resume_from_checkpoint: str | bool | None, ou
     if not os.path.isdir(path):
         raise CheckpointError(f"resume_from_checkpoint: {path} is not a directory.")
     if not is_complete_checkpoint(path):
-        latest = latest_complete_checkpoint(os.path.dirname(os.path.normpath(path)))
+        latest = latest_complete_checkpoint(os.path.dirname(os.path.normpath(path)), warn=False)
         raise CheckpointError(
             f"resume_from_checkpoint: {path} is not a complete checkpoint (no {CHECKPOINT_COMPLETE_NAME}: the run "
             "stopped while writing it, or another program wrote it). "
