@@ -360,5 +360,5 @@ def test_mdpo_resume_equals_the_uninterrupted_run(tmp_path):
     keys = load_file(tmp_path / "straight" / "out" / "checkpoint-2" / "model.safetensors")
     assert any(key.startswith("language_model.") for key in keys)  # the layout that used to be dropped
     resumed = run("resumed", resume=str(tmp_path / "straight" / "out" / "checkpoint-2"))
-    assert resumed.data_collator.batches == 4  # the corruption stream continued, not restarted
+    assert resumed.data_collator.rows == 8  # 4 steps x 2 rows: the corruption stream continued, not restarted
     assert max_diff(trained(resumed), trained(straight)) == 0.0

@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import json
 import os
 import textwrap
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from transformers import ProcessorMixin, TrainerState
-from transformers.trainer import TRAINER_STATE_NAME
+from transformers import ProcessorMixin
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import DPOTrainer
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
@@ -26,6 +28,9 @@ from ..losses.mdpo import anchor_loss, conditional_preference_loss, conditional_
 from .mdpo_config import MDPOConfig
 
 __all__ = ["DataCollatorForMDPO", "MDPOTrainer"]
+
+#: Written into each checkpoint: the rows trained so far, where the image corruptions resume.
+MDPO_STATE_NAME = "mdpo_state.json"
 
 #: Prefix of the batch keys that hold the conditional term's rows (chosen response, corrupted image).
 CORRUPTED_PREFIX = "corrupted_"
@@ -65,11 +70,12 @@ class DataCollatorForMDPO:
     ``prompt + chosen`` whose images are corrupted copies (``corruption``) of the true ones, collated by TRL's
     prompt-completion vision collator so that they are tokenised exactly like the chosen rows (checked per row).
 
-    Each call draws its corruptions from a generator seeded with ``(seed, worker id, batches)``, ``batches`` being
-    the number of earlier calls in this process, so a run is reproducible for a given seed and every step gets fresh
-    crops. ``batches`` is the collator's whole state: ``MDPOTrainer`` sets it when resuming from a checkpoint (the
-    micro-batches trained so far) and evaluates with a copy of its own, so a resumed run draws what the uninterrupted
-    run drew (with ``dataloader_num_workers=0``; each worker process counts for itself).
+    Each row's corruption draws from a generator seeded with ``(seed, worker id, rows)``, ``rows`` being the number
+    of rows corrupted before it in this process: a run is reproducible for a given seed, every step gets fresh crops,
+    and a batch split into gradient-accumulation micro-batches gets the crops the whole batch would. ``rows`` is the
+    collator's whole state: ``MDPOTrainer`` saves the rows it trained on in each checkpoint and restores them on
+    resume, and evaluates with a copy of its own, so a resumed run draws what the uninterrupted run drew (with
+    ``dataloader_num_workers=0``; each worker process counts for itself).
     """
 
     base: Callable[[list[dict[str, Any]]], dict[str, Any]]
@@ -77,7 +83,7 @@ class DataCollatorForMDPO:
     corruption: ImageCorruption = field(default_factory=ImageCorruption)
     seed: int = 0
     max_length: int | None = None
-    batches: int = 0
+    rows: int = 0
     _chosen_collator: DataCollatorForVisionLanguageModeling | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -85,18 +91,18 @@ class DataCollatorForMDPO:
             processor=self.processor, max_length=self.max_length, completion_only_loss=True
         )
 
-    def corrupt(self, example: dict[str, Any], row: int, rng: np.random.Generator) -> list[Image.Image]:
+    def corrupt(self, example: dict[str, Any], row: int) -> list[Image.Image]:
+        worker = torch.utils.data.get_worker_info()
+        rng = np.random.default_rng([self.seed, 0 if worker is None else worker.id, self.rows])
+        self.rows += 1
         images = example["images"] if "images" in example else [example["image"]]
         return [self.corruption(_as_pil(image, row), rng) for image in images]
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        worker = torch.utils.data.get_worker_info()
-        rng = np.random.default_rng([self.seed, 0 if worker is None else worker.id, self.batches])
-        self.batches += 1
         batch = self.base([_copy_example(example) for example in examples])
         chosen_rows = []
         for row, example in enumerate(examples):
-            chosen_row = {"images": self.corrupt(example, row, rng)}
+            chosen_row = {"images": self.corrupt(example, row)}
             chosen_row.update(
                 {k: copy.deepcopy(v) for k, v in example.items() if k in ("prompt", "tools", "chat_template_kwargs")}
             )
@@ -246,8 +252,9 @@ class MDPOTrainer(CheckpointSafetyMixin, DPOTrainer):
       image is a ``PreferenceDataError`` naming row and column), calls DPOTrainer's, then wraps the data collator it
       chose (or was given) in ``DataCollatorForMDPO``, which adds the chosen rows with corrupted images.
     - ``_load_from_checkpoint``: after the weights (``trl_extras.checkpointing``, which also undoes the key renames
-      ``save_pretrained`` applies to vision-language models), moves the collator's corruption stream to the resumed
-      step; ``get_eval_dataloader`` gives evaluation its own copy of the collator.
+      ``save_pretrained`` applies to vision-language models), restores the collator's corruption stream from
+      ``mdpo_state.json``, which ``_save_checkpoint`` writes (the rows trained so far); ``get_eval_dataloader``
+      gives evaluation its own copy of the collator.
     - ``_compute_loss``: calls DPOTrainer's for the DPO loss and its metrics. Meanwhile forward hooks stack the
       corrupted-image rows under DPOTrainer's own policy and reference forwards (one forward each, as in DPO, on
       ``3 * batch`` rows instead of ``2 * batch``) and hand DPOTrainer back exactly its own outputs; from the recorded
@@ -300,6 +307,7 @@ class MDPOTrainer(CheckpointSafetyMixin, DPOTrainer):
             eval_dataset = {name: self._validate_image_data(data) for name, data in eval_dataset.items()}
         else:
             eval_dataset = self._validate_image_data(eval_dataset)
+        self._rows_trained = 0  # rows this process trained on: where the corruption stream resumes
         super().__init__(
             model=model,
             ref_model=ref_model,
@@ -323,17 +331,35 @@ class MDPOTrainer(CheckpointSafetyMixin, DPOTrainer):
                 max_length=args.max_length,
             )
 
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = os.path.join(
+                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            )
+            with open(os.path.join(folder, MDPO_STATE_NAME), "w") as f:
+                json.dump({"corruption_rows": self._rows_trained}, f)
+
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
+        state_file = os.path.join(resume_from_checkpoint, MDPO_STATE_NAME)
+        if not os.path.isfile(state_file):
+            warnings.warn(
+                f"MDPOTrainer: the checkpoint {resume_from_checkpoint} has no {MDPO_STATE_NAME}; the image corruptions "
+                "restart from the first draw, so the resumed run differs from an uninterrupted one.",
+                stacklevel=2,
+            )
+            return
+        with open(state_file) as f:
+            self._rows_trained = json.load(f)["corruption_rows"]
         if isinstance(self.data_collator, DataCollatorForMDPO):  # continue the corruption stream where it stopped
-            state = TrainerState.load_from_json(os.path.join(resume_from_checkpoint, TRAINER_STATE_NAME))
-            self.data_collator.batches = state.global_step * self.args.gradient_accumulation_steps
+            self.data_collator.rows = self._rows_trained
 
     def get_eval_dataloader(self, eval_dataset=None):
         # Evaluation corrupts with a copy of the collator, so that it leaves the training stream (and resume) as is
         collator = self.data_collator
         if isinstance(collator, DataCollatorForMDPO):
-            self.data_collator = dataclasses.replace(collator, batches=0)
+            self.data_collator = dataclasses.replace(collator, rows=0)
         try:
             return super().get_eval_dataloader(eval_dataset)
         finally:
@@ -384,6 +410,8 @@ class MDPOTrainer(CheckpointSafetyMixin, DPOTrainer):
         ref_chosen_logps = ref_log_probs[:num_pairs, -seq_len:].sum(dim=1)  # (B,)
 
         mode = "train" if self.model.training else "eval"
+        if self.model.training:
+            self._rows_trained += num_pairs
         gather = self.accelerator.gather_for_metrics
         loss = dpo_loss
         self._metrics[mode]["mdpo/dpo_loss"].append(gather(dpo_loss.detach()).mean().item())
