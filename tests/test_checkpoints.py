@@ -362,3 +362,35 @@ def test_mdpo_resume_equals_the_uninterrupted_run(tmp_path):
     resumed = run("resumed", resume=str(tmp_path / "straight" / "out" / "checkpoint-2"))
     assert resumed.data_collator.rows == 8  # 4 steps x 2 rows: the corruption stream continued, not restarted
     assert max_diff(trained(resumed), trained(straight)) == 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the CLI: TRL's stock trainers get the same guarantees
+
+
+@pytest.mark.parametrize("command", ["dpo"])  # the wiring is one line shared by every subcommand
+def test_cli_resume_true_skips_a_torn_checkpoint_of_a_stock_trainer(command, builtin_cache, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from trl_extras import cli
+    from trl_extras.checkpointing import CheckpointSafetyMixin
+
+    config = Path(__file__).resolve().parent.parent / "configs" / f"{command}.yaml"
+    argv = [command, "--config", str(config), "--output_dir", str(tmp_path), "--logging_steps", "1"]
+    argv += ["--eval_samples", "0", "--disable_tqdm", "true", "--save_strategy", "steps", "--save_steps", "1"]
+    assert cli.main([*argv, "--max_steps", "2"]) == 0
+    assert is_complete_checkpoint(str(tmp_path / "checkpoint-2"))
+    (tmp_path / "checkpoint-2" / CHECKPOINT_COMPLETE_NAME).unlink()  # as if killed while writing it
+    _truncate(tmp_path / "checkpoint-2" / "model.safetensors")
+
+    loaded = []
+    load = CheckpointSafetyMixin._load_from_checkpoint
+    monkeypatch.setattr(
+        CheckpointSafetyMixin,
+        "_load_from_checkpoint",
+        lambda self, path, model=None: (loaded.append(path), load(self, path, model)),
+    )
+    with pytest.warns(UserWarning, match=r"Skipping incomplete checkpoint\(s\) .*checkpoint-2 "):
+        assert cli.main([*argv, "--max_steps", "3", "--resume_from_checkpoint", "true"]) == 0
+    assert loaded == [str(tmp_path / "checkpoint-1")]
+    assert all(is_complete_checkpoint(str(tmp_path / f"checkpoint-{step}")) for step in (1, 2, 3))

@@ -8,7 +8,8 @@ and training goes on from whatever the model held. ``CheckpointSafetyMixin`` cha
   as PPO's ``ppo_state.json`` included, i.e. from the ``on_save`` callback event that follows ``_save_checkpoint``),
   the main process fsyncs the files and writes ``checkpoint_complete.json`` atomically (temporary file + rename). A
   folder without it is incomplete. ``resume_from_checkpoint=True`` resolves to the latest *complete* checkpoint and
-  warns naming the incomplete ones it skipped; an explicit path to an incomplete checkpoint is an error.
+  warns naming the incomplete ones it skipped; an explicit path to an unmarked checkpoint is an error, or a warning
+  if it has ``trainer_state.json`` (a plain ``Trainer`` wrote it, or the crash came after that file).
 - **Safe rotation.** ``save_total_limit`` is applied only after the new checkpoint is marked complete, and a deleted
   checkpoint is first renamed out of the ``checkpoint-N`` namespace (``.trash-checkpoint-N``), so a crash during
   deletion never leaves a half-deleted folder that looks like a checkpoint. A stale folder with the step being
@@ -36,7 +37,7 @@ from typing import Any
 
 import torch
 from transformers import PreTrainedModel, TrainerCallback
-from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
@@ -48,6 +49,7 @@ __all__ = [
     "is_complete_checkpoint",
     "latest_complete_checkpoint",
     "load_model_weights",
+    "mark_complete",
 ]
 
 #: Written last into a checkpoint folder, atomically: the folder is complete.
@@ -125,13 +127,20 @@ def resolve_resume_from_checkpoint(resume_from_checkpoint: str | bool | None, ou
     path = os.fspath(resume_from_checkpoint)
     if not os.path.isdir(path):
         raise CheckpointError(f"resume_from_checkpoint: {path} is not a directory.")
-    if not is_complete_checkpoint(path):
-        latest = latest_complete_checkpoint(os.path.dirname(os.path.normpath(path)), warn=False)
+    if is_complete_checkpoint(path):
+        return path
+    latest = latest_complete_checkpoint(os.path.dirname(os.path.normpath(path)), warn=False)
+    hint = f"The latest complete one is {latest}." if latest else "Its folder has no complete checkpoint."
+    if not os.path.isfile(os.path.join(path, TRAINER_STATE_NAME)):
         raise CheckpointError(
-            f"resume_from_checkpoint: {path} is not a complete checkpoint (no {CHECKPOINT_COMPLETE_NAME}: the run "
-            "stopped while writing it, or another program wrote it). "
-            + (f"The latest complete one is {latest}." if latest else "Its folder has no complete checkpoint.")
+            f"resume_from_checkpoint: {path} is not a complete checkpoint (no {CHECKPOINT_COMPLETE_NAME} and no "
+            f"{TRAINER_STATE_NAME}: the run stopped while writing it). {hint}"
         )
+    warnings.warn(  # e.g. written by a plain Trainer: its last file is there, so take the user's word for it
+        f"resume_from_checkpoint: {path} has no {CHECKPOINT_COMPLETE_NAME} (written by a trainer without "
+        f"trl-extras' checkpoint safety, or stopped after {TRAINER_STATE_NAME}); resuming from it as asked. {hint}",
+        stacklevel=3,
+    )
     return path
 
 
