@@ -38,6 +38,32 @@ PAIRS = [
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# the transformers hooks CheckpointSafetyMixin wraps or relies on
+
+
+def test_signatures_of_the_trainer_hooks_we_wrap():
+    import inspect
+
+    from transformers import Trainer
+
+    def names(method):
+        return list(inspect.signature(method).parameters)
+
+    assert names(Trainer.train)[:4] == ["self", "resume_from_checkpoint", "trial", "ignore_keys_for_eval"]
+    assert names(Trainer._save_checkpoint) == ["self", "model", "trial"]
+    assert names(Trainer._load_from_checkpoint) == ["self", "resume_from_checkpoint", "model"]
+    assert names(Trainer._load_best_model) == ["self"]
+    assert names(Trainer._issue_warnings_after_load) == ["self", "load_result"]
+    assert names(Trainer._get_output_dir) == ["self", "trial"]
+    # rotation reads args.save_total_limit inside _save_checkpoint, which is what _rotation_deferred holds back
+    assert "save_total_limit=self.args.save_total_limit" in inspect.getsource(Trainer._save_checkpoint)
+    # on_save follows _save_checkpoint: where the marker is written
+    assert "self._save_checkpoint(model, trial)\n            self.control = self.callback_handler.on_save(" in (
+        inspect.getsource(Trainer._maybe_log_save_evaluate)
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # markers, resolution and rotation on hand-made folders
 
 
@@ -195,6 +221,19 @@ def test_checkpoint_with_missing_or_unexpected_keys_is_an_error(reference, tmp_p
     trainer = unlikelihood_trainer(tiny_lm_path, tmp_path / "resumed")
     with pytest.raises(CheckpointError, match=rf"Checkpoint {checkpoint} does not match the model .*{message}"):
         trainer.train(resume_from_checkpoint=str(checkpoint))
+
+
+def test_best_model_loads_exactly_and_strictly(reference, tmp_path, tiny_lm_path):
+    output_dir, _ = reference
+    trainer = unlikelihood_trainer(tiny_lm_path, tmp_path / "best")
+    trainer.state.best_model_checkpoint = str(output_dir / "checkpoint-3")
+    trainer._load_best_model()
+    saved = load_file(output_dir / "checkpoint-3" / "model.safetensors")
+    assert all(torch.equal(saved[name], p) for name, p in trainer.model.state_dict().items() if name in saved)
+    corrupted = corrupted_copy(reference, tmp_path, lambda w: {k: v for k, v in w.items() if "layers.0" not in k})
+    trainer.state.best_model_checkpoint = str(corrupted)
+    with pytest.raises(CheckpointError, match=rf"Checkpoint {corrupted} does not match .*model.layers.0"):
+        trainer._load_best_model()
 
 
 def test_lora_adapter_with_a_missing_key_is_an_error(tmp_path, tiny_lm_path):

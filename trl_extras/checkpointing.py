@@ -335,7 +335,8 @@ class CheckpointSafetyMixin:
 
     Hooks (each wraps ``super()``): ``train`` (resolves ``resume_from_checkpoint``, adds the completion callback),
     ``_save_checkpoint`` (removes a stale folder of the same step, holds rotation back), ``_load_from_checkpoint``
-    (full weights through ``load_model_weights``; PEFT adapters checked after loading) and
+    (full weights through ``load_model_weights``; PEFT adapters checked after loading), ``_load_best_model`` (the same
+    for ``load_best_model_at_end``) and
     ``_issue_warnings_after_load`` (an error instead of a warning). See the module docstring.
     """
 
@@ -393,6 +394,14 @@ class CheckpointSafetyMixin:
             self._checkpoint_being_loaded = None
         if plain and hasattr(target, "peft_config") and hasattr(target, "active_adapters"):
             _check_adapter_keys(target, resume_from_checkpoint)
+
+    def _load_best_model(self):
+        best = self.state.best_model_checkpoint
+        plain = not (self.is_deepspeed_enabled or self.is_fsdp_enabled)
+        if plain and isinstance(self.model, PreTrainedModel) and _checkpoint_weight_files(best):
+            load_model_weights(self.model, best)
+            return
+        super()._load_best_model()
 
     def _issue_warnings_after_load(self, load_result):
         checkpoint = getattr(self, "_checkpoint_being_loaded", None) or self.state.best_model_checkpoint
