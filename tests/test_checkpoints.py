@@ -174,12 +174,24 @@ def reference(tmp_path_factory, tiny_lm_path):
     """The uninterrupted run: its checkpoints and final parameters."""
     output_dir = tmp_path_factory.mktemp("reference")
     trainer = unlikelihood_trainer(tiny_lm_path, output_dir)
+    trainer.add_callback(_RecordOnSave())
     trainer.train()
     return output_dir, trained(trainer)
 
 
+class _RecordOnSave(TrainerCallback):
+    """A user's ``on_save`` callback (one that uploads the checkpoint, say): it must see a finished checkpoint."""
+
+    seen: list[tuple[int, bool]] = []
+
+    def on_save(self, args, state, control, **kwargs):
+        path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        self.seen.append((state.global_step, is_complete_checkpoint(path)))
+
+
 def test_every_checkpoint_is_marked_and_rotation_keeps_the_limit(reference):
     output_dir, _ = reference
+    assert _RecordOnSave.seen == [(1, True), (2, True), (3, True), (4, True)]
     assert sorted(name for name in os.listdir(output_dir) if name.startswith("checkpoint")) == [
         "checkpoint-3",
         "checkpoint-4",

@@ -344,8 +344,9 @@ class CheckpointSafetyMixin:
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kwargs):
         resume_from_checkpoint = resolve_resume_from_checkpoint(resume_from_checkpoint, self.args.output_dir)
-        if not any(isinstance(cb, _MarkCheckpointComplete) for cb in self.callback_handler.callbacks):
-            self.add_callback(_MarkCheckpointComplete(self))
+        callbacks = self.callback_handler.callbacks
+        if not any(isinstance(cb, _MarkCheckpointComplete) for cb in callbacks):
+            callbacks.insert(0, _MarkCheckpointComplete(self))  # first: other on_save callbacks see a marked folder
         return super().train(
             resume_from_checkpoint=resume_from_checkpoint,
             trial=trial,
