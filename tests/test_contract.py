@@ -182,7 +182,7 @@ def _cases():
         Case("ppo", build_ppo, frozenset(ALL_CHECKS - {"seed", "grad_accum"})),
         Case("reward", build_reward),
         Case("sft", build_sft),
-        Case("mdpo", build_mdpo, frozenset(ALL_CHECKS - {"lora"})),
+        Case("mdpo", build_mdpo),
         # Diffusion-DPO: full fine-tuning rows; its LoRA save/reload is tested in test_diffusion_dpo.py (diffusers
         # format). Gradient accumulation: each micro-batch draws latents, noise and timesteps in turn, so 2 x 2 rows
         # get other samples than 4 rows (0.73 of the update apart); test_gradient_accumulation_diffusion_dpo fixes
@@ -299,7 +299,7 @@ def test_lora_save_and_reload_is_exact(case, models, tmp_path):
     trainer.train()
     trainer.save_model(str(tmp_path / "saved"))
     model = trainer.accelerator.unwrap_model(trainer.model)
-    base = type(model.get_base_model()).from_pretrained(models["rm" if case.name == "reward" else "lm"])
+    base = type(model.get_base_model()).from_pretrained(models[{"reward": "rm", "mdpo": "vlm"}.get(case.name, "lm")])
     reloaded = PeftModel.from_pretrained(base, tmp_path / "saved")
     trained = {name: p.detach() for name, p in model.named_parameters() if "lora_" in name}
     assert trained and max_abs_diff({n: p for n, p in reloaded.named_parameters() if "lora_" in n}, trained) == 0.0
