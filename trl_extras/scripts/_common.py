@@ -371,10 +371,13 @@ def train_and_save(trainer, script_args, training_args, *, role: str, evaluation
     ``{"before": ..., "after": ...}`` when something was measured, else ``None``.
     """
     global TRAINING_STARTED
+    from trl_extras.checkpointing import make_checkpoint_safe
     from trl_extras.quantization import keep_4bit_training_exact
     from trl_extras.tasks import registry
 
     keep_4bit_training_exact(trainer.model)  # stock trainers: CPU repack off, TRL's bf16 adapter cast undone
+    make_checkpoint_safe(trainer)  # TRL's stock trainers too: completion-marked checkpoints, strict resume
+
     print_ = trainer.accelerator.print
     state = trainer.accelerator.state
     print_(f"Running on {state.num_processes} process(es), {state.distributed_type.value}, device {state.device}.")

@@ -16,6 +16,7 @@ from transformers import TrainerCallback, default_data_collator
 from transformers.trainer import TRAINING_ARGS_NAME
 from trl.trainer.base_trainer import _BaseTrainer
 
+from ..checkpointing import CheckpointSafetyMixin
 from ..collators.diffusion import DiffusionPreferenceCollator
 from ..losses.diffusion_dpo import (
     denoising_errors,
@@ -49,7 +50,7 @@ _CACHED_COLUMNS = [
 ]
 
 
-class DiffusionDPOTrainer(_BaseTrainer):
+class DiffusionDPOTrainer(CheckpointSafetyMixin, _BaseTrainer):
     r"""
     Diffusion-DPO: align a text-to-image diffusion model to pairs of preferred / dispreferred images, relative to a
     frozen reference, without a reward model (Wallace et al. 2023,

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import json
+import os
 import textwrap
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,9 +17,11 @@ import numpy as np
 import torch
 from PIL import Image
 from transformers import ProcessorMixin
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import DPOTrainer
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
+from ..checkpointing import CheckpointSafetyMixin
 from ..data import validate_preference_dataset
 from ..image_corruption import ImageCorruption
 from ..losses.mdpo import anchor_loss, conditional_preference_loss, conditional_reward_margin
@@ -23,6 +29,9 @@ from ..quantization import keep_4bit_training_exact
 from .mdpo_config import MDPOConfig
 
 __all__ = ["DataCollatorForMDPO", "MDPOTrainer"]
+
+#: Written into each checkpoint: the rows trained so far, where the image corruptions resume.
+MDPO_STATE_NAME = "mdpo_state.json"
 
 #: Prefix of the batch keys that hold the conditional term's rows (chosen response, corrupted image).
 CORRUPTED_PREFIX = "corrupted_"
@@ -62,8 +71,12 @@ class DataCollatorForMDPO:
     ``prompt + chosen`` whose images are corrupted copies (``corruption``) of the true ones, collated by TRL's
     prompt-completion vision collator so that they are tokenised exactly like the chosen rows (checked per row).
 
-    The corruption draws from one generator seeded with ``seed`` (and the dataloader worker id), so a run is
-    reproducible for a given seed, and every step gets fresh crops.
+    Each row's corruption draws from a generator seeded with ``(seed, worker id, rows)``, ``rows`` being the number
+    of rows corrupted before it in this process: a run is reproducible for a given seed, every step gets fresh crops,
+    and a batch split into gradient-accumulation micro-batches gets the crops the whole batch would. ``rows`` is the
+    collator's whole state: ``MDPOTrainer`` saves the rows it trained on in each checkpoint and restores them on
+    resume, and evaluates with a copy of its own, so a resumed run draws what the uninterrupted run drew (with
+    ``dataloader_num_workers=0``; each worker process counts for itself).
     """
 
     base: Callable[[list[dict[str, Any]]], dict[str, Any]]
@@ -71,7 +84,7 @@ class DataCollatorForMDPO:
     corruption: ImageCorruption = field(default_factory=ImageCorruption)
     seed: int = 0
     max_length: int | None = None
-    _rng: np.random.Generator | None = field(default=None, init=False, repr=False)
+    rows: int = 0
     _chosen_collator: DataCollatorForVisionLanguageModeling | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -79,16 +92,12 @@ class DataCollatorForMDPO:
             processor=self.processor, max_length=self.max_length, completion_only_loss=True
         )
 
-    @property
-    def rng(self) -> np.random.Generator:
-        if self._rng is None:  # created lazily so that each dataloader worker seeds its own
-            worker = torch.utils.data.get_worker_info()
-            self._rng = np.random.default_rng([self.seed, 0 if worker is None else worker.id])
-        return self._rng
-
     def corrupt(self, example: dict[str, Any], row: int) -> list[Image.Image]:
+        worker = torch.utils.data.get_worker_info()
+        rng = np.random.default_rng([self.seed, 0 if worker is None else worker.id, self.rows])
+        self.rows += 1
         images = example["images"] if "images" in example else [example["image"]]
-        return [self.corruption(_as_pil(image, row), self.rng) for image in images]
+        return [self.corruption(_as_pil(image, row), rng) for image in images]
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self.base([_copy_example(example) for example in examples])
@@ -194,7 +203,7 @@ def _fused_forwards_with_extra_rows(
             handle.remove()
 
 
-class MDPOTrainer(DPOTrainer):
+class MDPOTrainer(CheckpointSafetyMixin, DPOTrainer):
     r"""
     Trainer for mDPO, [mDPO: Conditional Preference Optimization for Multimodal Large Language
     Models](https://arxiv.org/abs/2406.11839) (Wang et al., EMNLP 2024).
@@ -243,6 +252,10 @@ class MDPOTrainer(DPOTrainer):
       ``trl_extras.data.validate_preference_dataset(dataset, images="required")`` (a missing, unreadable or surplus
       image is a ``PreferenceDataError`` naming row and column), calls DPOTrainer's, then wraps the data collator it
       chose (or was given) in ``DataCollatorForMDPO``, which adds the chosen rows with corrupted images.
+    - ``_load_from_checkpoint``: after the weights (``trl_extras.checkpointing``, which also undoes the key renames
+      ``save_pretrained`` applies to vision-language models), restores the collator's corruption stream from
+      ``mdpo_state.json``, which ``_save_checkpoint`` writes (the rows trained so far); ``get_eval_dataloader``
+      gives evaluation its own copy of the collator.
     - ``_compute_loss``: calls DPOTrainer's for the DPO loss and its metrics. Meanwhile forward hooks stack the
       corrupted-image rows under DPOTrainer's own policy and reference forwards (one forward each, as in DPO, on
       ``3 * batch`` rows instead of ``2 * batch``) and hand DPOTrainer back exactly its own outputs; from the recorded
@@ -295,6 +308,7 @@ class MDPOTrainer(DPOTrainer):
             eval_dataset = {name: self._validate_image_data(data) for name, data in eval_dataset.items()}
         else:
             eval_dataset = self._validate_image_data(eval_dataset)
+        self._rows_trained = 0  # rows this process trained on: where the corruption stream resumes
         super().__init__(
             model=model,
             ref_model=ref_model,
@@ -318,6 +332,40 @@ class MDPOTrainer(DPOTrainer):
                 seed=args.corruption_seed,
                 max_length=args.max_length,
             )
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = os.path.join(
+                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            )
+            with open(os.path.join(folder, MDPO_STATE_NAME), "w") as f:
+                json.dump({"corruption_rows": self._rows_trained}, f)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        state_file = os.path.join(resume_from_checkpoint, MDPO_STATE_NAME)
+        if not os.path.isfile(state_file):
+            warnings.warn(
+                f"MDPOTrainer: the checkpoint {resume_from_checkpoint} has no {MDPO_STATE_NAME}; the image corruptions "
+                "restart from the first draw, so the resumed run differs from an uninterrupted one.",
+                stacklevel=2,
+            )
+            return
+        with open(state_file) as f:
+            self._rows_trained = json.load(f)["corruption_rows"]
+        if isinstance(self.data_collator, DataCollatorForMDPO):  # continue the corruption stream where it stopped
+            self.data_collator.rows = self._rows_trained
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        # Evaluation corrupts with a copy of the collator, so that it leaves the training stream (and resume) as is
+        collator = self.data_collator
+        if isinstance(collator, DataCollatorForMDPO):
+            self.data_collator = dataclasses.replace(collator, rows=0)
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = collator
 
     @staticmethod
     def _validate_image_data(dataset):
@@ -364,6 +412,8 @@ class MDPOTrainer(DPOTrainer):
         ref_chosen_logps = ref_log_probs[:num_pairs, -seq_len:].sum(dim=1)  # (B,)
 
         mode = "train" if self.model.training else "eval"
+        if self.model.training:
+            self._rows_trained += num_pairs
         gather = self.accelerator.gather_for_metrics
         loss = dpo_loss
         self._metrics[mode]["mdpo/dpo_loss"].append(gather(dpo_loss.detach()).mean().item())

@@ -20,6 +20,7 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import disable_dropout_in_model, get_config_model_id, shuffle_sequence_dict, split_tensor_dict
 
+from ..checkpointing import CheckpointSafetyMixin
 from ..data import validate_prompt_dataset
 from ..losses.ppo import (
     KLController,
@@ -61,7 +62,7 @@ _GRPO_LOSS_FIELDS = (
 )
 
 
-class PPOTrainer(GRPOTrainer):
+class PPOTrainer(CheckpointSafetyMixin, GRPOTrainer):
     r"""
     Trainer for RLHF with Proximal Policy Optimization: a policy, a value model (critic), a KL penalty against the
     reference policy in the reward, GAE advantages and clipped policy and value losses.

@@ -17,6 +17,7 @@ from trl import GRPOTrainer
 from trl.extras.profiling import profiling_context
 from trl.trainer.utils import get_config_model_id
 
+from ..checkpointing import CheckpointSafetyMixin
 from ..data import validate_prompt_dataset
 from ..losses.remax import remax_advantages, weighted_rewards
 from ..quantization import keep_4bit_training_exact
@@ -39,7 +40,7 @@ def _validated(dataset):
     return validate_prompt_dataset(dataset) if isinstance(dataset, Dataset) else dataset
 
 
-class ReMaxTrainer(GRPOTrainer):
+class ReMaxTrainer(CheckpointSafetyMixin, GRPOTrainer):
     r"""
     Trainer for ReMax, REINFORCE with the reward of the greedy completion as the baseline.
 

@@ -15,6 +15,7 @@ from datasets import Dataset
 from trl import DPOTrainer
 from trl.trainer.utils import get_config_model_id
 
+from ..checkpointing import CheckpointSafetyMixin
 from ..losses.unlikelihood import sequence_unlikelihood_loss, token_unlikelihood_loss
 from ..quantization import keep_4bit_training_exact
 from ._length_check import PreferenceLengthCheck
@@ -63,7 +64,7 @@ def _without_reference_model_load(trainer: UnlikelihoodTrainer) -> Iterator[None
         _dpo_trainer_module.create_model_from_path = load
 
 
-class UnlikelihoodTrainer(PreferenceLengthCheck, DPOTrainer):
+class UnlikelihoodTrainer(CheckpointSafetyMixin, PreferenceLengthCheck, DPOTrainer):
     r"""
     Unlikelihood training on preference data: raise the likelihood of the chosen completion, lower that of the
     rejected one, with no reference model. A drop-in replacement for [`~trl.DPOTrainer`]: same datasets (standard or
