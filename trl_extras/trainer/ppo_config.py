@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -184,17 +183,6 @@ class PPOConfig(GRPOConfig):
                 )
             rollouts = math.ceil(self.total_episodes / self.generation_batch_size)
             self.max_steps = rollouts * optimizer_steps_per_rollout
-        if (
-            str(self.save_strategy) in ("steps", "SaveStrategy.STEPS")
-            and isinstance(self.save_steps, int)
-            and self.save_steps % optimizer_steps_per_rollout != 0
-        ):
-            warnings.warn(
-                f"`save_steps` ({self.save_steps}) is not a multiple of the optimizer steps per rollout "
-                f"(`num_ppo_epochs * num_mini_batches` = {optimizer_steps_per_rollout}): a run resumed from a "
-                "checkpoint taken mid-rollout samples a fresh rollout instead of finishing the interrupted one.",
-                stacklevel=2,
-            )
 
     def _validate_ppo_fields(self) -> None:
         def positive_int(name):

@@ -1,0 +1,98 @@
+"""PPO gives the same update however a rollout batch is split: over 2 gloo processes, or over accumulation steps.
+
+Greedy generation and plain SGD, so that any difference comes from the trainer (advantage whitening and the loss's
+token mean span the whole rollout batch). The runs are in `tests/_parity_run.py`.
+"""
+
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from trl_extras.testing import build_tiny_causal_lm, build_tiny_reward_model
+
+REPO = Path(__file__).resolve().parents[1]
+RUN = Path(__file__).with_name("_parity_run.py")
+STOP_TOKEN = 70  # the tiny model's greedy completions of two prompts hit it early: completion lengths differ
+
+
+def _load_run():
+    spec = importlib.util.spec_from_file_location("_parity_run", RUN)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("parity")
+    return build_tiny_causal_lm(directory / "lm"), build_tiny_reward_model(directory / "critic")
+
+
+@pytest.fixture(scope="module")
+def one_process_batch_8(models, tmp_path_factory):
+    lm, critic = models
+    state, _ = _load_run().train("ppo", lm, str(tmp_path_factory.mktemp("one")), 8, STOP_TOKEN, critic)
+    return state
+
+
+def distance_over_update(a, b, initial, prefix):
+    """|a - b| / |a - initial| over the parameters whose names start with `prefix`."""
+    keys = [k for k in a if k.startswith(prefix)]
+    diff = torch.sqrt(sum(((a[k] - b[k]) ** 2).sum() for k in keys))
+    update = torch.sqrt(sum(((a[k] - initial[k]) ** 2).sum() for k in keys))
+    assert update > 1e-3, f"{prefix} barely moved: the check would be vacuous"
+    return (diff / update).item()
+
+
+def initial_parameters(lm, critic):
+    from transformers import AutoModelForSequenceClassification
+
+    state = {f"policy.{n}": p for n, p in AutoModelForCausalLM.from_pretrained(lm).named_parameters()}
+    value = AutoModelForSequenceClassification.from_pretrained(critic, num_labels=1)
+    state.update({f"value.{n}": p for n, p in value.named_parameters()})
+    return state
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_gloo_processes_x_4_rows_equal_one_process_x_8(models, one_process_batch_8, tmp_path):
+    lm, critic = models
+    out = tmp_path / "two.pt"
+    command = [
+        str(Path(sys.executable).parent / "accelerate"), "launch",
+        "--config_file", str(REPO / "configs/accelerate/cpu_multiprocess.yaml"),
+        "--main_process_port", str(_free_port()),
+        str(RUN), "ppo", lm, str(out), "4", str(STOP_TOKEN), critic,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    two = torch.load(out)
+    one = one_process_batch_8
+    assert int(two["num_processes"]) == 2 and int(one["num_processes"]) == 1
+    # the same completions (mean lengths per rollout, not all full: the stop token cut some)
+    torch.testing.assert_close(two["completion_lengths"], one["completion_lengths"])
+    assert (one["completion_lengths"] < 6).any()
+    initial = initial_parameters(lm, critic)
+    for prefix in ("policy.", "value."):
+        assert distance_over_update(one, two, initial, prefix) < 1e-5, prefix
+
+
+def test_gradient_accumulation_2_x_4_rows_equals_one_step_of_8(models, one_process_batch_8, tmp_path):
+    lm, critic = models
+    state, _ = _load_run().train("ppo", lm, str(tmp_path), 4, STOP_TOKEN, critic, gradient_accumulation_steps=2)
+    torch.testing.assert_close(state["completion_lengths"], one_process_batch_8["completion_lengths"])
+    initial = initial_parameters(lm, critic)
+    for prefix in ("policy.", "value."):
+        assert distance_over_update(one_process_batch_8, state, initial, prefix) < 1e-5, prefix
