@@ -59,7 +59,8 @@ def test_new_value_head_is_seeded_whatever_the_global_rng(tmp_path, tiny_lm_path
     heads = []
     for global_seed, seed in ((123, 0), (456, 0), (123, 1)):
         torch.manual_seed(global_seed)  # two processes, or two runs, start from different global RNG states
-        heads.append(make(tmp_path, tiny_lm_path, seed=seed).value_model.score.weight.detach().clone())
+        trainer = make(tmp_path, tiny_lm_path, seed=seed, value_head_init="normal")  # the random init
+        heads.append(trainer.value_model.score.weight.detach().clone())
     assert torch.equal(heads[0], heads[1])  # args.seed decides, not the global RNG
     assert not torch.equal(heads[0], heads[2])  # and it does decide
 
@@ -168,3 +169,45 @@ def test_a_mid_rollout_checkpoint_holds_each_processs_rollout(uninterrupted):
     assert state["rollout"]["completion_ids"].size(0) == 8
     boundary = torch.load(f"{uninterrupted.args.output_dir}/checkpoint-4/ppo_rollout_0.pt", weights_only=True)
     assert boundary == {"step": 4, "rollout": None, "buffered_inputs": None}  # the next step samples a new rollout
+
+
+# ---- the critic's start: value head, learning rate, warm-up ----------------------------------------------------------
+
+
+def test_a_new_value_head_starts_at_zero_and_a_loaded_one_is_kept(tmp_path, tiny_lm_path, tiny_reward_model_path):
+    assert PPOConfig(str(tmp_path), bf16=False).value_head_init == "zero"
+    head = make(tmp_path, tiny_lm_path).value_model.score.weight  # from the policy: a new head
+    assert torch.count_nonzero(head) == 0
+    head = make(tmp_path, tiny_lm_path, value_head_init="normal").value_model.score.weight
+    assert torch.count_nonzero(head) == head.numel()
+    trainer = make(tmp_path, tiny_lm_path, reward_funcs=tiny_reward_model_path)  # from the reward model: kept
+    torch.testing.assert_close(trainer.value_model.score.weight, trainer.reward_funcs[0].score.weight)
+    assert torch.count_nonzero(trainer.value_model.score.weight) > 0
+
+
+def test_value_learning_rate_sets_the_critics_parameter_groups(tmp_path, tiny_lm_path):
+    trainer = make(tmp_path, tiny_lm_path, value_learning_rate=0.5)
+    optimizer = trainer.create_optimizer()
+    critic = {id(p) for p in trainer.value_model.parameters()}
+    lrs = {(all(id(p) in critic for p in g["params"]), g["lr"]) for g in optimizer.param_groups if g["params"]}
+    assert lrs == {(False, 1e-2), (True, 0.5)}
+
+
+def test_critic_warmup_trains_only_the_value_model(tmp_path, tiny_lm_path):
+    trainer = make(
+        tmp_path, tiny_lm_path, critic_warmup_rollouts=1, max_steps=4
+    )  # 1 rollout: 2 epochs x 2 minibatches
+    policy, critic = params(trainer.model), params(trainer.value_model)
+    trainer.train()
+    assert_same(params(trainer.model), policy)
+    assert any(not torch.equal(p, critic[n]) for n, p in trainer.value_model.named_parameters())
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [({"value_head_init": "xavier"}, "value_head_init"), ({"value_learning_rate": 0.0}, "value_learning_rate"),
+     ({"critic_warmup_rollouts": -1}, "critic_warmup_rollouts")],
+)  # fmt: skip
+def test_critic_config_errors_name_the_field(tmp_path, overrides, field):
+    with pytest.raises(ValueError, match=field):
+        config(tmp_path, **overrides)

@@ -13,6 +13,7 @@ from ..losses.ppo import KL_ESTIMATORS
 from ._grpo_config import grpo_post_init
 
 VALUE_MODEL_INITS = ("reward_model", "policy")
+VALUE_HEAD_INITS = ("zero", "normal")
 
 
 @dataclass
@@ -56,8 +57,9 @@ class PPOConfig(GRPOConfig):
             Weight of the value loss.
         gamma (`float`, *optional*, defaults to `1.0`):
             Discount factor.
-        lam (`float`, *optional*, defaults to `0.95`):
-            GAE lambda.
+        lam (`float`, *optional*, defaults to `1.0`):
+            GAE lambda. 1.0 (as verl) passes the score to every token undiscounted; the classic 0.95 (TRL's former
+            default) leans on the critic, which learns slower than the policy from a fresh start (`docs/ppo.md`).
         whiten_rewards (`bool`, *optional*, defaults to `False`):
             Scale the per-token rewards by their standard deviation over the batch before GAE.
         whiten_advantages (`bool`, *optional*, defaults to `True`):
@@ -71,6 +73,16 @@ class PPOConfig(GRPOConfig):
         value_model_init_kwargs (`dict`, *optional*):
             Keyword arguments for `AutoModelForSequenceClassification.from_pretrained` when the value model is loaded
             from a path (`dtype` defaults to `float32`).
+        value_head_init (`str`, *optional*, defaults to `"zero"`):
+            How a new value head (a critic built from the policy or from a causal LM) starts: `"zero"` (every value
+            0 at first, so the first advantages are the whitened returns) or `"normal"` (transformers' random init,
+            seeded by `seed`). A head loaded from a checkpoint (a reward model, a trained critic) is kept.
+        value_learning_rate (`float`, *optional*):
+            Learning rate of the value model (its parameter groups follow the same schedule); `None` uses
+            `learning_rate`.
+        critic_warmup_rollouts (`int`, *optional*, defaults to `0`):
+            Rollouts at the start during which only the value model trains (the policy loss is off), as verl's
+            `critic_warmup` and OpenRLHF's `freezing_actor_steps`. They count towards `max_steps`.
 
         > Changed defaults
 
@@ -113,7 +125,7 @@ class PPOConfig(GRPOConfig):
     )
     vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss."})
     gamma: float = field(default=1.0, metadata={"help": "Discount factor."})
-    lam: float = field(default=0.95, metadata={"help": "GAE lambda."})
+    lam: float = field(default=1.0, metadata={"help": "GAE lambda (TRL's former default: 0.95)."})
     whiten_rewards: bool = field(
         default=False, metadata={"help": "Scale the per-token rewards by their batch standard deviation before GAE."}
     )
@@ -131,6 +143,15 @@ class PPOConfig(GRPOConfig):
     value_model_init_kwargs: dict[str, Any] | str | None = field(
         default=None,
         metadata={"help": "Keyword arguments for from_pretrained when the value model is loaded from a path."},
+    )
+    value_head_init: str = field(
+        default="zero", metadata={"help": "A new value head starts at 'zero' or 'normal' (random, seeded)."}
+    )
+    value_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the value model; None: learning_rate."}
+    )
+    critic_warmup_rollouts: int = field(
+        default=0, metadata={"help": "Rollouts at the start during which only the value model trains."}
     )
 
     # Changed defaults
@@ -217,6 +238,14 @@ class PPOConfig(GRPOConfig):
             raise ValueError(
                 f"`missing_eos_penalty` is subtracted from the score, so it must be >= 0, got {self.missing_eos_penalty}."
             )
+        if self.value_head_init not in VALUE_HEAD_INITS:
+            raise ValueError(f"`value_head_init` must be one of {VALUE_HEAD_INITS}, got {self.value_head_init!r}.")
+        if self.value_learning_rate is not None and not self.value_learning_rate > 0:
+            raise ValueError(f"`value_learning_rate` must be > 0 (or None), got {self.value_learning_rate}.")
+        if isinstance(self.critic_warmup_rollouts, bool) or not (
+            isinstance(self.critic_warmup_rollouts, int) and self.critic_warmup_rollouts >= 0
+        ):
+            raise ValueError(f"`critic_warmup_rollouts` must be an integer >= 0, got {self.critic_warmup_rollouts!r}.")
         if self.value_model_init is not None and self.value_model_init not in VALUE_MODEL_INITS:
             raise ValueError(
                 f"`value_model_init` must be one of {VALUE_MODEL_INITS} or None, got {self.value_model_init!r}."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import json
@@ -35,9 +36,11 @@ from ..losses.ppo import (
 from .ppo_config import PPOConfig
 from .value_model import (
     PerTokenValueModel,
+    has_new_value_head,
     load_value_weights,
     value_model_from_policy,
     value_model_from_pretrained,
+    zero_value_head,
 )
 
 logger = logging.get_logger(__name__)
@@ -182,6 +185,8 @@ class PPOTrainer(GRPOTrainer):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(args.seed)
             self.value_model = self._build_value_model(value_model, model, reward_funcs, args)
+        if args.value_head_init == "zero" and has_new_value_head(self.value_model):
+            zero_value_head(self.value_model)
 
         super().__init__(
             model=model,
@@ -444,14 +449,18 @@ class PPOTrainer(GRPOTrainer):
         logits_to_keep = completion_ids.size(1)
         mask = inputs["ppo_mask"]  # (B, T)
 
-        logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
-            model,
-            input_ids,
-            attention_mask,
-            logits_to_keep,
-            compute_entropy=True,
-            compute_aux_loss=self.aux_loss_enabled,
-        )
+        # Critic warm-up: during the first `critic_warmup_rollouts` rollouts only the value loss trains
+        steps_per_rollout = self.args.num_ppo_epochs * self.args.num_mini_batches
+        warmup = mode == "train" and self.state.global_step // steps_per_rollout < self.args.critic_warmup_rollouts
+        with torch.no_grad() if warmup else contextlib.nullcontext():
+            logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
+                model,
+                input_ids,
+                attention_mask,
+                logits_to_keep,
+                compute_entropy=True,
+                compute_aux_loss=self.aux_loss_enabled,
+            )
         self.value_model.train(mode == "train")
         values = self._per_token_values(input_ids, attention_mask, logits_to_keep)  # (B, T)
 
@@ -469,7 +478,8 @@ class PPOTrainer(GRPOTrainer):
         # Token mean over the optimizer step (every micro-batch of the window on every process, counted in
         # `_prepare_inputs`); data parallelism averages the gradients over processes, hence the `num_processes`.
         num_tokens = inputs["ppo_num_tokens"].clamp(min=1.0) / self.accelerator.num_processes
-        loss = ((policy_loss + self.args.vf_coef * value_loss) * mask).sum() / num_tokens
+        per_token_loss = self.args.vf_coef * value_loss if warmup else policy_loss + self.args.vf_coef * value_loss
+        loss = (per_token_loss * mask).sum() / num_tokens
         normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1.0
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * aux_loss / normalizer
@@ -507,12 +517,13 @@ class PPOTrainer(GRPOTrainer):
                 "over `list(model.parameters()) + list(value_model.parameters())`, or let the trainer create it."
             )
         decay = set(self.get_decay_parameter_names(self.value_model))
+        lr = {} if self.args.value_learning_rate is None else {"lr": self.args.value_learning_rate}
         for weight_decay, params in (
             (self.args.weight_decay, [p for n, p in named if n in decay]),
             (0.0, [p for n, p in named if n not in decay]),
         ):
             if params:
-                optimizer.add_param_group({"params": params, "weight_decay": weight_decay})
+                optimizer.add_param_group({"params": params, "weight_decay": weight_decay, **lr})
         return optimizer
 
     def _clip_grad_norm(self, model):
