@@ -101,7 +101,7 @@ def test_gradient_accumulation_2_x_4_rows_equals_one_step_of_8(models, one_proce
 # ---- learning parity with GRPO (issue 17) -------------------------------------------------------------------------
 
 LEARNING_STEPS = 24
-LEARNING_TOLERANCE = 0.01  # reward units; the reward is in [0, 1] and GRPO gains about 0.04 over these steps
+LEARNING_TOLERANCE = 0.015  # reward units (a third of what GRPO gains over these steps: 0.137 -> 0.183)
 
 
 @pytest.fixture

@@ -119,7 +119,8 @@ class PPOTrainer(GRPOTrainer):
     - `_generate_and_score_completions`: the parent samples, scores and computes the old and reference log-probs;
       this adds the critic's values, the per-token rewards, GAE advantages and returns, and updates the KL
       controller.
-    - `_calculate_rewards`: keeps the parent's raw rewards (GRPO turns them into group advantages, PPO does not).
+    - `_calculate_rewards`: keeps the parent's raw rewards (GRPO turns them into group advantages, PPO does not) and
+      stops on a non-finite one, naming the reward and the row.
     - `_compute_loss`: the PPO policy and value losses, replacing GRPO's loss (GRPO's `beta` never enters it).
     - `_prepare_inputs`: reshuffles the rollout into new minibatches at each PPO epoch, then defers to the parent's
       buffering (`num_iterations = num_ppo_epochs`, `steps_per_generation = gradient_accumulation_steps *
@@ -127,6 +128,8 @@ class PPOTrainer(GRPOTrainer):
     - `create_optimizer` and `_clip_grad_norm`: the critic's parameters join the optimizer and the gradient clipping.
     - `_save`, `_save_checkpoint`, `_load_from_checkpoint`, `_load_optimizer_and_scheduler`: the critic's weights and
       the KL controller are saved and restored with the policy.
+    - `_save_rng_state`, `_load_rng_state`: each process's rollout in progress is saved beside its RNG state, so a
+      checkpoint taken between PPO epochs resumes into the same rollout.
 
     Under PEFT/QLoRA the reference policy is the policy with its adapter disabled (no second copy), as in GRPO.
     Text-only policies; DeepSpeed and FSDP are not supported (the critic is trained outside their wrappers).
