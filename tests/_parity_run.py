@@ -3,11 +3,14 @@
     python tests/_parity_run.py ppo|remax MODEL_DIR OUT_FILE PER_DEVICE_BATCH STOP_TOKEN [VALUE_MODEL_DIR]
     accelerate launch --config_file configs/accelerate/cpu_multiprocess.yaml tests/_parity_run.py ...
 
-Greedy generation (so the completions do not depend on how rows are split over processes), plain SGD, 2 rollouts.
-`STOP_TOKEN` is an extra end-of-sequence id, so that completions have different lengths. The main process writes
-the final parameters (policy, and the critic for PPO) to `OUT_FILE` with `torch.save`.
+Completions that do not depend on how rows are split over processes: greedy for PPO; for ReMax, whose advantage is
+r(sample) - r(greedy) and so 0 under greedy sampling, `split_invariant_sampling` (inverse-CDF sampling with one
+uniform per decoding step, the same for every row). Plain SGD, 2 rollouts. `STOP_TOKEN` is an extra end-of-sequence
+id, so that completions have different lengths. The main process writes the final parameters (policy, and the critic
+for PPO) to `OUT_FILE` with `torch.save`.
 """
 
+import contextlib
 import sys
 
 import torch
@@ -33,6 +36,35 @@ def common_args(output_dir, per_device_batch):
     )  # fmt: skip
 
 
+@contextlib.contextmanager
+def split_invariant_sampling():
+    """`torch.multinomial` as inverse-CDF sampling with the uniform `u_t` of decoding step `t` for every row.
+
+    A row's tokens then depend on its own probabilities only, not on which rows share its batch or process (torch's
+    sampler draws one random stream for the whole batch). `u_t` restarts with every `generate` call.
+    """
+    import transformers.generation.utils as generation_utils
+
+    step = [0]
+    multinomial, generate = torch.multinomial, generation_utils.GenerationMixin.generate
+
+    def sample(probs, num_samples, *args, **kwargs):
+        u = (0.5 + 0.6180339887 * step[0]) % 1.0
+        step[0] += 1
+        cdf = probs.float().cumsum(-1) / probs.float().sum(-1, keepdim=True)
+        return (cdf < u).sum(-1, keepdim=True).clamp(max=probs.size(-1) - 1).repeat(1, num_samples)
+
+    def generate_from_step_0(self, *args, **kwargs):
+        step[0] = 0
+        return generate(self, *args, **kwargs)
+
+    torch.multinomial, generation_utils.GenerationMixin.generate = sample, generate_from_step_0
+    try:
+        yield
+    finally:
+        torch.multinomial, generation_utils.GenerationMixin.generate = multinomial, generate
+
+
 def train(kind, model_dir, output_dir, per_device_batch, stop_token, value_model_dir=None, **overrides):
     """Train; return the final parameters (on the main process) and the mean completion length of each rollout."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -52,13 +84,13 @@ def train(kind, model_dir, output_dir, per_device_batch, stop_token, value_model
     else:
         from trl_extras import ReMaxConfig, ReMaxTrainer
 
-        args = ReMaxConfig(
-            **common_args(output_dir, per_device_batch), num_generations=1, beta=0.1, max_steps=2, **overrides
-        )
+        common = {**common_args(output_dir, per_device_batch), "generation_kwargs": {"do_sample": True}}
+        args = ReMaxConfig(**common, num_generations=1, beta=0.1, max_steps=2, **overrides)
         trainer = ReMaxTrainer(
             model=model, reward_funcs=even_tokens, args=args, train_dataset=dataset, processing_class=tokenizer
         )
-    trainer.train()
+    with split_invariant_sampling() if kind == "remax" else contextlib.nullcontext():
+        trainer.train()
     policy = trainer.accelerator.unwrap_model(trainer.model)
     state = {f"policy.{n}": p.detach().clone() for n, p in policy.named_parameters()}
     if kind == "ppo":

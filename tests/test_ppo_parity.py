@@ -66,19 +66,24 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_two_gloo_processes_x_4_rows_equal_one_process_x_8(models, one_process_batch_8, tmp_path):
-    lm, critic = models
+def two_processes(tmp_path, *run_args):
+    """`tests/_parity_run.py` on 2 gloo processes; its saved state."""
     out = tmp_path / "two.pt"
     command = [
         str(Path(sys.executable).parent / "accelerate"), "launch",
         "--config_file", str(REPO / "configs/accelerate/cpu_multiprocess.yaml"),
         "--main_process_port", str(_free_port()),
-        str(RUN), "ppo", lm, str(out), "4", str(STOP_TOKEN), critic,
+        str(RUN), run_args[0], run_args[1], str(out), *run_args[2:],
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    two = torch.load(out)
+    return torch.load(out)
+
+
+def test_two_gloo_processes_x_4_rows_equal_one_process_x_8(models, one_process_batch_8, tmp_path):
+    lm, critic = models
+    two = two_processes(tmp_path, "ppo", lm, "4", str(STOP_TOKEN), critic)
     one = one_process_batch_8
     assert int(two["num_processes"]) == 2 and int(one["num_processes"]) == 1
     # the same completions (mean lengths per rollout, not all full: the stop token cut some)
@@ -96,6 +101,16 @@ def test_gradient_accumulation_2_x_4_rows_equals_one_step_of_8(models, one_proce
     initial = initial_parameters(lm, critic)
     for prefix in ("policy.", "value."):
         assert distance_over_update(one_process_batch_8, state, initial, prefix) < 1e-5, prefix
+
+
+def test_remax_two_gloo_processes_equal_one(models, tmp_path):
+    """ReMax's advantages come from gathered rewards and its default loss averages whole sequences: 2 x 4 = 1 x 8."""
+    lm, _ = models
+    one, _ = _load_run().train("remax", lm, str(tmp_path / "one"), 8, STOP_TOKEN)
+    two = two_processes(tmp_path, "remax", lm, "4", str(STOP_TOKEN))
+    torch.testing.assert_close(two["completion_lengths"], one["completion_lengths"])
+    initial = initial_parameters(lm, models[1])
+    assert distance_over_update(one, two, initial, "policy.") < 1e-5
 
 
 # ---- learning parity with GRPO (issue 17) -------------------------------------------------------------------------
