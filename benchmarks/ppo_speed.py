@@ -89,6 +89,7 @@ def build_ours(policy: str, reward_model: str, prompts: list[str], episodes: int
         num_mini_batches=1,
         learning_rate=hp["learning_rate"],
         kl_coef=hp["kl_coef"],
+        lam=0.95,  # TRL 1.12's default (ours is 1.0 since issue 17), so both run the same recipe
         max_completion_length=hp["completion_length"],
         temperature=1.0,
         gradient_checkpointing=False,

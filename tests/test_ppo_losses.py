@@ -90,6 +90,12 @@ def test_masked_statistics_and_whitening():
     torch.testing.assert_close(masked_whiten(x, mask), torch.tensor([[-1.0, 0.0, 1.0, 0.0]]))
     torch.testing.assert_close(masked_whiten(x, mask, shift_mean=False), torch.tensor([[3.0, 4.0, 5.0, 0.0]]))
     torch.testing.assert_close(masked_mean(x, mask, dim=1), torch.tensor([4.0]))
+    # statistics from elsewhere (the trainer's, over every process's tokens) replace the batch's own
+    stats = {"mean": torch.tensor(2.0), "var": torch.tensor(16.0)}
+    whitened = masked_whiten(x, mask, eps=0.0, **stats)
+    torch.testing.assert_close(whitened, torch.tensor([[0.0, 0.5, 1.0, 0.0]]))  # (x - 2) / 4 on real tokens
+    whitened = masked_whiten(x, mask, shift_mean=False, eps=0.0, **stats)
+    torch.testing.assert_close(whitened, torch.tensor([[2.0, 2.5, 3.0, 0.0]]))
 
 
 def test_policy_loss_clips_by_hand():

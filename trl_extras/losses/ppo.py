@@ -75,21 +75,31 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     return var
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+def masked_whiten(
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    shift_mean: bool = True,
+    eps: float = 1e-8,
+    mean: torch.Tensor | None = None,
+    var: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Whiten ``x`` with the mean and (unbiased) variance of its masked positions; padding comes back as 0.
 
     ``(x - mean) / sqrt(var + eps)``; with ``shift_mean=False`` the mean is added back (only the scale changes),
-    which is how rewards are whitened.
+    which is how rewards are whitened. ``mean`` and ``var`` replace the statistics of ``x`` when given (the trainer
+    passes those of every process's tokens, so that the batch is whitened as one).
 
     Args:
         x: ``(B, T)``.
         mask: ``(B, T)``.
+        mean, var: scalars, or ``None`` for ``masked_mean(x, mask)`` and ``masked_var(x, mask)``.
 
     Returns:
         ``(B, T)``.
     """
-    mean = masked_mean(x, mask)
-    whitened = (x - mean) * torch.rsqrt(masked_var(x, mask) + eps)
+    mean = masked_mean(x, mask) if mean is None else mean
+    var = masked_var(x, mask) if var is None else var
+    whitened = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean
     return whitened * mask.to(x.dtype)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +14,7 @@ from ..validation import check_config
 from ._grpo_config import grpo_post_init
 
 VALUE_MODEL_INITS = ("reward_model", "policy")
+VALUE_HEAD_INITS = ("zero", "normal")
 
 
 @dataclass
@@ -58,8 +58,9 @@ class PPOConfig(GRPOConfig):
             Weight of the value loss.
         gamma (`float`, *optional*, defaults to `1.0`):
             Discount factor.
-        lam (`float`, *optional*, defaults to `0.95`):
-            GAE lambda.
+        lam (`float`, *optional*, defaults to `1.0`):
+            GAE lambda. 1.0 (as verl) passes the score to every token undiscounted; the classic 0.95 (TRL's former
+            default) leans on the critic, which learns slower than the policy from a fresh start (`docs/ppo.md`).
         whiten_rewards (`bool`, *optional*, defaults to `False`):
             Scale the per-token rewards by their standard deviation over the batch before GAE.
         whiten_advantages (`bool`, *optional*, defaults to `True`):
@@ -73,6 +74,16 @@ class PPOConfig(GRPOConfig):
         value_model_init_kwargs (`dict`, *optional*):
             Keyword arguments for `AutoModelForSequenceClassification.from_pretrained` when the value model is loaded
             from a path (`dtype` defaults to `float32`).
+        value_head_init (`str`, *optional*, defaults to `"zero"`):
+            How a new value head (a critic built from the policy or from a causal LM) starts: `"zero"` (every value
+            0 at first, so the first advantages are the whitened returns) or `"normal"` (transformers' random init,
+            seeded by `seed`). A head loaded from a checkpoint (a reward model, a trained critic) is kept.
+        value_learning_rate (`float`, *optional*):
+            Learning rate of the value model (its parameter groups follow the same schedule); `None` uses
+            `learning_rate`.
+        critic_warmup_rollouts (`int`, *optional*, defaults to `0`):
+            Rollouts at the start during which only the value model trains (the policy loss is off), as verl's
+            `critic_warmup` and OpenRLHF's `freezing_actor_steps`. They count towards `max_steps`.
 
         > Changed defaults
 
@@ -115,7 +126,7 @@ class PPOConfig(GRPOConfig):
     )
     vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss."})
     gamma: float = field(default=1.0, metadata={"help": "Discount factor."})
-    lam: float = field(default=0.95, metadata={"help": "GAE lambda."})
+    lam: float = field(default=1.0, metadata={"help": "GAE lambda (TRL's former default: 0.95)."})
     whiten_rewards: bool = field(
         default=False, metadata={"help": "Scale the per-token rewards by their batch standard deviation before GAE."}
     )
@@ -133,6 +144,15 @@ class PPOConfig(GRPOConfig):
     value_model_init_kwargs: dict[str, Any] | str | None = field(
         default=None,
         metadata={"help": "Keyword arguments for from_pretrained when the value model is loaded from a path."},
+    )
+    value_head_init: str = field(
+        default="zero", metadata={"help": "A new value head starts at 'zero' or 'normal' (random, seeded)."}
+    )
+    value_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the value model; None: learning_rate."}
+    )
+    critic_warmup_rollouts: int = field(
+        default=0, metadata={"help": "Rollouts at the start during which only the value model trains."}
     )
 
     # Changed defaults
@@ -186,17 +206,6 @@ class PPOConfig(GRPOConfig):
                 )
             rollouts = math.ceil(self.total_episodes / self.generation_batch_size)
             self.max_steps = rollouts * optimizer_steps_per_rollout
-        if (
-            str(self.save_strategy) in ("steps", "SaveStrategy.STEPS")
-            and isinstance(self.save_steps, int)
-            and self.save_steps % optimizer_steps_per_rollout != 0
-        ):
-            warnings.warn(
-                f"`save_steps` ({self.save_steps}) is not a multiple of the optimizer steps per rollout "
-                f"(`num_ppo_epochs * num_mini_batches` = {optimizer_steps_per_rollout}): a run resumed from a "
-                "checkpoint taken mid-rollout samples a fresh rollout instead of finishing the interrupted one.",
-                stacklevel=2,
-            )
 
     def _validate_ppo_fields(self) -> None:
         def positive_int(name):
@@ -231,6 +240,14 @@ class PPOConfig(GRPOConfig):
             raise ValueError(
                 f"`missing_eos_penalty` is subtracted from the score, so it must be >= 0, got {self.missing_eos_penalty}."
             )
+        if self.value_head_init not in VALUE_HEAD_INITS:
+            raise ValueError(f"`value_head_init` must be one of {VALUE_HEAD_INITS}, got {self.value_head_init!r}.")
+        if self.value_learning_rate is not None and not self.value_learning_rate > 0:
+            raise ValueError(f"`value_learning_rate` must be > 0 (or None), got {self.value_learning_rate}.")
+        if isinstance(self.critic_warmup_rollouts, bool) or not (
+            isinstance(self.critic_warmup_rollouts, int) and self.critic_warmup_rollouts >= 0
+        ):
+            raise ValueError(f"`critic_warmup_rollouts` must be an integer >= 0, got {self.critic_warmup_rollouts!r}.")
         if self.value_model_init is not None and self.value_model_init not in VALUE_MODEL_INITS:
             raise ValueError(
                 f"`value_model_init` must be one of {VALUE_MODEL_INITS} or None, got {self.value_model_init!r}."

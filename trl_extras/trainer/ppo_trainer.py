@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import json
@@ -16,6 +17,7 @@ from datasets import Dataset, IterableDataset
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import logging
 from trl import GRPOConfig, GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import disable_dropout_in_model, get_config_model_id, shuffle_sequence_dict, split_tensor_dict
@@ -37,13 +39,18 @@ from ..rewards import check_reward_funcs
 from .ppo_config import PPOConfig
 from .value_model import (
     PerTokenValueModel,
+    has_new_value_head,
     load_value_weights,
     value_model_from_policy,
     value_model_from_pretrained,
+    zero_value_head,
 )
+
+logger = logging.get_logger(__name__)
 
 VALUE_MODEL_DIR = "value_model"
 PPO_STATE_NAME = "ppo_state.json"
+ROLLOUT_NAME = "ppo_rollout_{}.pt"  # per process: the rollout being optimised, for a resume mid-rollout
 
 # GRPO loss knobs that PPOTrainer's loss does not read: setting them is an error rather than a silent no-op.
 _GRPO_LOSS_FIELDS = (
@@ -115,7 +122,8 @@ class PPOTrainer(CheckpointSafetyMixin, GRPOTrainer):
     - `_generate_and_score_completions`: the parent samples, scores and computes the old and reference log-probs;
       this adds the critic's values, the per-token rewards, GAE advantages and returns, and updates the KL
       controller.
-    - `_calculate_rewards`: keeps the parent's raw rewards (GRPO turns them into group advantages, PPO does not).
+    - `_calculate_rewards`: keeps the parent's raw rewards (GRPO turns them into group advantages, PPO does not) and
+      stops on a non-finite one, naming the reward and the row.
     - `_compute_loss`: the PPO policy and value losses, replacing GRPO's loss (GRPO's `beta` never enters it).
     - `_prepare_inputs`: reshuffles the rollout into new minibatches at each PPO epoch, then defers to the parent's
       buffering (`num_iterations = num_ppo_epochs`, `steps_per_generation = gradient_accumulation_steps *
@@ -123,6 +131,8 @@ class PPOTrainer(CheckpointSafetyMixin, GRPOTrainer):
     - `create_optimizer` and `_clip_grad_norm`: the critic's parameters join the optimizer and the gradient clipping.
     - `_save`, `_save_checkpoint`, `_load_from_checkpoint`, `_load_optimizer_and_scheduler`: the critic's weights and
       the KL controller are saved and restored with the policy.
+    - `_save_rng_state`, `_load_rng_state`: each process's rollout in progress is saved beside its RNG state, so a
+      checkpoint taken between PPO epochs resumes into the same rollout.
 
     Under PEFT/QLoRA the reference policy is the policy with its adapter disabled (no second copy), as in GRPO.
     Text-only policies; DeepSpeed and FSDP are not supported (the critic is trained outside their wrappers).
@@ -178,7 +188,12 @@ class PPOTrainer(CheckpointSafetyMixin, GRPOTrainer):
             eval_dataset = validate_prompt_dataset(eval_dataset)
 
         reward_funcs = check_reward_funcs(reward_funcs)  # non-finite or non-numeric rewards name the function and row
-        self.value_model = self._build_value_model(value_model, model, reward_funcs, args)
+        # Seeded, so that a new value head is the same in every run and every process (the Trainer seeds only later)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(args.seed)
+            self.value_model = self._build_value_model(value_model, model, reward_funcs, args)
+        if args.value_head_init == "zero" and has_new_value_head(self.value_model):
+            zero_value_head(self.value_model)
 
         super().__init__(
             model=model,
@@ -200,6 +215,7 @@ class PPOTrainer(CheckpointSafetyMixin, GRPOTrainer):
         if self._is_vlm:
             raise NotImplementedError("PPOTrainer supports text-only policies: its value model reads token ids only.")
 
+        self._check_value_model_vocabulary(value_model, reward_funcs, args)
         num_embeddings = self.value_model.get_input_embeddings().num_embeddings
         if num_embeddings < len(self._tokenizer):
             raise ValueError(
@@ -255,6 +271,37 @@ class PPOTrainer(CheckpointSafetyMixin, GRPOTrainer):
             return value_model_from_pretrained(model, **init_kwargs)
         return value_model_from_policy(model, **init_kwargs)
 
+    def _check_value_model_vocabulary(self, value_model, reward_funcs, args: PPOConfig) -> None:
+        """The critic reads the policy's token ids: its tokenizer must map every token to the same id."""
+        reward_list = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
+        if value_model is None and (args.value_model_init or "reward_model") == "reward_model":
+            index = next((i for i, f in enumerate(reward_list) if isinstance(f, (str, nn.Module))), None)
+            if index is None:
+                return
+            tokenizer, source = (
+                self.reward_processing_classes[index],
+                f"the reward model `{self.reward_func_names[index]}`",
+            )
+        elif isinstance(value_model, str) and os.path.isfile(os.path.join(value_model, "tokenizer_config.json")):
+            from transformers import AutoTokenizer
+
+            tokenizer, source = AutoTokenizer.from_pretrained(value_model), f"`value_model` ({value_model})"
+        else:
+            return
+        policy_vocab, value_vocab = self._tokenizer.get_vocab(), tokenizer.get_vocab()
+        if policy_vocab == value_vocab:
+            return
+        differ = sorted(t for t in policy_vocab if value_vocab.get(t) != policy_vocab[t])
+        example = differ[0] if differ else next(t for t in value_vocab if t not in policy_vocab)
+        raise ValueError(
+            f"The value model is built from {source}, whose tokenizer differs from the policy's "
+            f"({len(differ)} of the policy's {len(policy_vocab)} tokens have another id or none, e.g. {example!r}: "
+            f"{policy_vocab.get(example)} for the policy, {value_vocab.get(example)} for the value model). The critic "
+            "reads the policy's token ids, so it would see the wrong tokens. Pass `value_model=` a one-label sequence "
+            "classifier that shares the policy's tokenizer, or set `value_model_init='policy'` to build the critic "
+            "from the policy."
+        )
+
     def _per_token_values(self, input_ids, attention_mask, logits_to_keep, batch_size=None) -> torch.Tensor:
         with self.accelerator.autocast():
             return self._value_module(input_ids, attention_mask, logits_to_keep, batch_size)
@@ -263,8 +310,33 @@ class PPOTrainer(CheckpointSafetyMixin, GRPOTrainer):
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._check_rewards(rewards_per_func, prompts, completions)
         self._rewards_per_func = rewards_per_func  # (B_global, K); the parent folds it into group advantages
         return rewards_per_func
+
+    def _check_rewards(self, rewards_per_func, prompts, completions) -> None:
+        """Stop before a non-finite score reaches GAE (it would turn every parameter into NaN at the next update).
+
+        `rewards_per_func` is gathered, so every process sees the same rows and raises together. NaN is TRL's `None`
+        (no reward for this row) from a reward function; a reward model has no such convention.
+        """
+        is_model = torch.tensor([isinstance(f, nn.Module) for f in self.reward_funcs], device=rewards_per_func.device)
+        bad = torch.isinf(rewards_per_func) | (torch.isnan(rewards_per_func) & is_model.unsqueeze(0))  # (B_global, K)
+        if not bad.any():
+            return
+        row, k = (int(i) for i in bad.nonzero()[0])
+        kind = "reward model" if isinstance(self.reward_funcs[k], nn.Module) else "reward function"
+        n_local = len(prompts)
+        process, local_row = divmod(row, n_local)
+        where = f"row {local_row} of process {process}'s batch" if self.accelerator.num_processes > 1 else f"row {row}"
+        if process == self.accelerator.process_index:
+            where += f" (prompt {prompts[local_row]!r}, completion {completions[local_row]!r})"
+        raise ValueError(
+            f"The {kind} `{self.reward_func_names[k]}` returned {rewards_per_func[row, k].item()} for {where} "
+            f"({int(bad[:, k].sum())} of {bad.size(0)} rows are non-finite). PPO needs a finite score for every "
+            "completion: a non-finite one makes the advantages and then every parameter NaN. Return a finite number "
+            "(or None, from a reward function, to leave the row out of training)."
+        )
 
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
@@ -310,12 +382,13 @@ class PPOTrainer(CheckpointSafetyMixin, GRPOTrainer):
         else:  # kl_coef == 0: no reference model
             kl = torch.zeros_like(old_logps)
         rewards, non_score_rewards = per_token_rewards(scores, kl, completion_mask, kl_coef)  # (B, T) each
+        # Whitening statistics span every process's tokens: the rollout batch is one batch however it is split
         if args.whiten_rewards:
-            rewards = masked_whiten(rewards, completion_mask, shift_mean=False)
+            rewards = masked_whiten(rewards, completion_mask, False, **self._global_moments(rewards, completion_mask))
         values = values * completion_mask
         advantages, returns = gae_advantages_and_returns(rewards, values, completion_mask, args.gamma, args.lam)
         if args.whiten_advantages:
-            advantages = masked_whiten(advantages, loss_mask)
+            advantages = masked_whiten(advantages, loss_mask, **self._global_moments(advantages, loss_mask))
 
         output.update(advantages=advantages, returns=returns, values=values, ppo_mask=loss_mask)
 
@@ -338,6 +411,16 @@ class PPOTrainer(CheckpointSafetyMixin, GRPOTrainer):
             self._rollout = output
         return output
 
+    def _global_moments(self, x, mask) -> dict[str, torch.Tensor]:
+        """Mean and unbiased variance of `x` over the masked positions of every process (as `masked_var`)."""
+        mask = mask.to(x.dtype)
+        totals = self.accelerator.reduce(torch.stack([(x * mask).sum(), mask.sum()]), reduction="sum")
+        count = totals[1]
+        mean = totals[0] / count.clamp(min=1.0)
+        squares = self.accelerator.reduce((((x - mean) ** 2) * mask).sum(), reduction="sum")
+        var = torch.where(count > 1, squares / (count - 1).clamp(min=1.0), torch.zeros_like(squares))
+        return {"mean": mean, "var": var}
+
     def _prepare_inputs(self, generation_batch):
         # The parent splits each rollout into minibatches once and replays them for every epoch. PPO reshuffles at
         # each epoch, as the classic implementation does: re-split the stored rollout when an epoch (not a rollout)
@@ -352,7 +435,17 @@ class PPOTrainer(CheckpointSafetyMixin, GRPOTrainer):
             and self._step % (steps_per_rollout * self.num_iterations) != 0
         ):
             self._buffered_inputs = split_tensor_dict(shuffle_sequence_dict(self._rollout), steps_per_rollout)
-        return super()._prepare_inputs(generation_batch)
+        inputs = super()._prepare_inputs(generation_batch)
+        # The loss is a token mean over the optimizer step's tokens: every micro-batch of the accumulation window,
+        # on every process. Count them here, once per micro-batch, so that 2 processes x 4 rows = 1 x 8 rows and
+        # gradient accumulation = the full batch.
+        if self.model.training:
+            ga = self.args.gradient_accumulation_steps
+            start = self._step % steps_per_rollout // ga * ga
+            local = sum(batch["ppo_mask"].sum() for batch in self._buffered_inputs[start : start + ga])
+        else:
+            local = inputs["ppo_mask"].sum()
+        return {**inputs, "ppo_num_tokens": self.accelerator.reduce(local.float(), reduction="sum")}
 
     # ---- loss ---------------------------------------------------------------------------------------------------
 
@@ -364,14 +457,18 @@ class PPOTrainer(CheckpointSafetyMixin, GRPOTrainer):
         logits_to_keep = completion_ids.size(1)
         mask = inputs["ppo_mask"]  # (B, T)
 
-        logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
-            model,
-            input_ids,
-            attention_mask,
-            logits_to_keep,
-            compute_entropy=True,
-            compute_aux_loss=self.aux_loss_enabled,
-        )
+        # Critic warm-up: during the first `critic_warmup_rollouts` rollouts only the value loss trains
+        steps_per_rollout = self.args.num_ppo_epochs * self.args.num_mini_batches
+        warmup = mode == "train" and self.state.global_step // steps_per_rollout < self.args.critic_warmup_rollouts
+        with torch.no_grad() if warmup else contextlib.nullcontext():
+            logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
+                model,
+                input_ids,
+                attention_mask,
+                logits_to_keep,
+                compute_entropy=True,
+                compute_aux_loss=self.aux_loss_enabled,
+            )
         self.value_model.train(mode == "train")
         values = self._per_token_values(input_ids, attention_mask, logits_to_keep)  # (B, T)
 
@@ -384,12 +481,14 @@ class PPOTrainer(CheckpointSafetyMixin, GRPOTrainer):
         value_loss, value_clipped = ppo_value_loss(
             values, inputs["values"], inputs["returns"], self.args.cliprange_value
         )
-        pg_loss = masked_mean(policy_loss, mask)
+        pg_loss = masked_mean(policy_loss, mask)  # this micro-batch's means, for the logs
         vf_loss = masked_mean(value_loss, mask)
-        loss = pg_loss + self.args.vf_coef * vf_loss
-        # Token mean per micro-batch, averaged over the accumulation window (the parent's "bnpo" convention)
+        # Token mean over the optimizer step (every micro-batch of the window on every process, counted in
+        # `_prepare_inputs`); data parallelism averages the gradients over processes, hence the `num_processes`.
+        num_tokens = inputs["ppo_num_tokens"].clamp(min=1.0) / self.accelerator.num_processes
+        per_token_loss = self.args.vf_coef * value_loss if warmup else policy_loss + self.args.vf_coef * value_loss
+        loss = (per_token_loss * mask).sum() / num_tokens
         normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1.0
-        loss = loss / normalizer
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * aux_loss / normalizer
 
@@ -426,12 +525,13 @@ class PPOTrainer(CheckpointSafetyMixin, GRPOTrainer):
                 "over `list(model.parameters()) + list(value_model.parameters())`, or let the trainer create it."
             )
         decay = set(self.get_decay_parameter_names(self.value_model))
+        lr = {} if self.args.value_learning_rate is None else {"lr": self.args.value_learning_rate}
         for weight_decay, params in (
             (self.args.weight_decay, [p for n, p in named if n in decay]),
             (0.0, [p for n, p in named if n not in decay]),
         ):
             if params:
-                optimizer.add_param_group({"params": params, "weight_decay": weight_decay})
+                optimizer.add_param_group({"params": params, "weight_decay": weight_decay, **lr})
         return optimizer
 
     def _clip_grad_norm(self, model):
@@ -468,6 +568,37 @@ class PPOTrainer(CheckpointSafetyMixin, GRPOTrainer):
                 "PPOTrainer, and resuming without the value model would not continue the same run."
             )
         load_value_weights(self.accelerator.unwrap_model(self.value_model), value_dir)
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        # Every process saves its RNG state here; it saves its rollout beside it. A checkpoint between two PPO epochs
+        # (or minibatches) of a rollout resumes with the same rollout, in the same minibatches, at the same step.
+        super()._save_rng_state(output_dir)
+        mid_rollout = self._step % (self.args.steps_per_generation * self.num_iterations) != 0
+        state = {
+            "step": self._step,
+            "rollout": self._rollout if mid_rollout else None,
+            "buffered_inputs": self._buffered_inputs if mid_rollout else None,
+        }
+        torch.save(state, os.path.join(output_dir, ROLLOUT_NAME.format(self.accelerator.process_index)))
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        super()._load_rng_state(checkpoint)
+        if checkpoint is None:
+            return
+        path = os.path.join(checkpoint, ROLLOUT_NAME.format(self.accelerator.process_index))
+        if not os.path.isfile(path):
+            steps = self.state.global_step * self.args.gradient_accumulation_steps
+            if steps % (self.args.steps_per_generation * self.num_iterations) != 0:
+                logger.warning(
+                    f"{checkpoint} was taken in the middle of a rollout but holds no `{os.path.basename(path)}` "
+                    "(an older trl-extras wrote it): the resumed run samples a new rollout instead of finishing the "
+                    "interrupted one, so it will not match an uninterrupted run."
+                )
+            return
+        state = torch.load(path, map_location=self.accelerator.device, weights_only=True)
+        self._step = state["step"]
+        if state["rollout"] is not None:
+            self._rollout, self._buffered_inputs = state["rollout"], state["buffered_inputs"]
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)

@@ -26,10 +26,12 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
 __all__ = [
     "PerTokenValueModel",
+    "has_new_value_head",
     "load_value_weights",
     "per_token_values",
     "value_model_from_policy",
     "value_model_from_pretrained",
+    "zero_value_head",
 ]
 
 
@@ -97,11 +99,29 @@ class PerTokenValueModel(nn.Module):
 def value_model_from_pretrained(path: str, **kwargs) -> PreTrainedModel:
     """A one-label sequence classifier from ``path`` (a reward model, or a causal LM whose ``score`` head is new).
 
-    ``dtype`` defaults to float32, as TRL does for models it loads from a path.
+    ``dtype`` defaults to float32, as TRL does for models it loads from a path. ``has_new_value_head(model)`` says
+    whether the head came from the checkpoint.
     """
     kwargs = dict(kwargs)
     kwargs.setdefault("dtype", torch.float32)
-    return AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
+    model, info = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=1, output_loading_info=True, **kwargs
+    )
+    model._new_value_head = any(key.split(".")[0] == "score" for key in info["missing_keys"])
+    return model
+
+
+def has_new_value_head(model: nn.Module) -> bool:
+    """Whether ``model``'s ``score`` head was initialised here rather than loaded (built by this module only)."""
+    return bool(getattr(_unwrap_peft(model), "_new_value_head", False))
+
+
+def zero_value_head(model: nn.Module) -> None:
+    """Set the ``score`` head to zero, in place: ``V(s) = 0`` for every state until the critic has trained."""
+    _, head = _backbone_and_head(model)
+    with torch.no_grad():
+        for param in head.parameters():
+            param.zero_()
 
 
 def value_model_from_policy(policy: nn.Module, **kwargs) -> PreTrainedModel:
@@ -124,6 +144,7 @@ def value_model_from_policy(policy: nn.Module, **kwargs) -> PreTrainedModel:
     value_model = AutoModelForSequenceClassification.from_config(config, dtype=kwargs.get("dtype", torch.float32))
     backbone, _ = _backbone_and_head(value_model)
     backbone.load_state_dict(getattr(base, base.base_model_prefix).state_dict())
+    value_model._new_value_head = True
     return value_model
 
 
