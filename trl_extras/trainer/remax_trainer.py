@@ -62,6 +62,29 @@ def _with_logits_processor(model, processor: LogitsProcessor):
             model.generate = own
 
 
+@contextmanager
+def _with_greedy_vllm_rows(llm, first_row: int):
+    """Inside the block, ``llm.generate`` gives the prompts ``first_row:`` greedy sampling parameters (vLLM's
+    temperature 0: argmax of the logits after its penalties) and the others the parameters it was called with."""
+    own = vars(llm).get("generate")
+    generate = llm.generate
+
+    def generate_with_greedy_rows(prompts, sampling_params=None, *args, **kwargs):
+        greedy = sampling_params.clone()
+        greedy.temperature, greedy.top_p, greedy.top_k, greedy.min_p = 0.0, 1.0, 0, 0.0
+        per_row = [sampling_params] * first_row + [greedy] * (len(prompts) - first_row)
+        return generate(prompts, *args, sampling_params=per_row, **kwargs)
+
+    llm.generate = generate_with_greedy_rows
+    try:
+        yield
+    finally:
+        if own is None:
+            del llm.generate
+        else:
+            llm.generate = own
+
+
 def _dropout_active(model: torch.nn.Module) -> bool:
     """Whether a forward of ``model`` as it is now applies dropout (``nn.Dropout`` modules or attention dropout)."""
     for module in model.modules():
@@ -142,14 +165,15 @@ class ReMaxTrainer(GRPOTrainer):
 
     Hooks overridden (each calls the parent and changes only its inputs or outputs):
 
-    - `_generate_single_turn`: with the transformers backend, appends one greedy row per prompt to the samples' batch
-      and decodes both in the same `generate` call; [`GreedyRowsLogitsProcessor`] makes the greedy rows the argmax of
-      the processed logits (repetition penalty and the other processors included, the sampling warpers excluded),
-      i.e. what `generate(do_sample=False)` would decode. It returns the sample rows to the parent and keeps the
-      greedy ones for `_generate`.
+    - `_generate_single_turn`: appends one greedy row per prompt to the samples' batch and decodes both in the same
+      call. transformers `generate`: [`GreedyRowsLogitsProcessor`] makes the greedy rows the argmax of the processed
+      logits (repetition penalty and the other processors included, the sampling warpers excluded), i.e. what
+      `generate(do_sample=False)` would decode. vLLM colocate: the same request, with per-row sampling parameters
+      (temperature 0 for the greedy rows). It returns the sample rows to the parent and keeps the greedy ones.
     - `_generate`: after the parent's `_generate` of the samples, runs the parent's `_generate` again on one prompt
-      per group, replaying the greedy rows (one call) or, where one call cannot be exact (vLLM, continuous batching,
-      VLMs, beams, watermarking, a model with active dropout), decoding them in a second call with greedy decoding
+      per group, replaying the greedy rows (one call) or, where one call cannot be exact (vLLM server mode or tensor
+      parallelism, continuous batching, VLMs, beams, watermarking, a model with active dropout), decoding them in a
+      second call with greedy decoding
       switched on (transformers `do_sample=False` with the model in eval mode, or vLLM `temperature=0`). Either way
       the length limit, stop tokens and decoding of the completions are the samples'. The greedy rows leave the
       generation metrics and token counters untouched and log their mean length as `remax/greedy_mean_length`.
@@ -248,15 +272,18 @@ class ReMaxTrainer(GRPOTrainer):
     def _greedy_in_same_call(self) -> bool:
         """Whether the greedy rows can be decoded in the samples' ``generate`` call (see ``GreedyRowsLogitsProcessor``).
 
-        Needs the plain transformers ``generate`` path, a text-only model (image features do not split by row),
+        Needs a text-only model (image features do not split by row) and either vLLM in colocate mode with one rank per
+        engine (per-row sampling parameters, see ``_with_greedy_vllm_rows``) or the plain transformers ``generate`` path,
         sampling or greedy search without beams, no watermark (it is applied after custom processors), and no dropout
         in the forward: the greedy baseline is the argmax of the policy itself, which the separate pass decodes with
         the model in eval mode, while the samples are drawn as GRPO draws them (with dropout if the model has it).
         Otherwise the greedy completions come from a second call (``_greedy_decoding``). Set ``disable_dropout=True``
         to get one call with a model that has dropout.
         """
-        if self.use_vllm or self.use_transformers_continuous_batching or self._is_vlm:
-            return False  # (with vLLM the trainer has no transformers generation config)
+        if self._is_vlm or self.use_transformers_continuous_batching:
+            return False
+        if self.use_vllm:  # one request with per-row sampling parameters: colocate, one rank per engine
+            return self.vllm_mode == "colocate" and self.vllm_generation.tensor_parallel_size == 1
         config = self.generation_config
         return not (
             (config.num_beams or 1) > 1 or config.watermarking_config is not None or _dropout_active(self.model)
@@ -318,15 +345,20 @@ class ReMaxTrainer(GRPOTrainer):
             )
         if request.completion_ids is not None:  # the greedy rows' `_generate`: they were decoded with the samples
             return request.completion_ids, None
-        # One `generate` call on the sample rows followed by the greedy rows, the latter made argmax by the processor.
+        # One call on the sample rows followed by the greedy rows: transformers makes the latter argmax with a logits
+        # processor, vLLM (colocate) gets them in the same request with temperature 0.
         num_samples = len(prompt_ids)
-        unwrapped = self.accelerator.unwrap_model(self.model_wrapped)  # what the parent's generate call unwraps to
-        with _with_logits_processor(unwrapped, GreedyRowsLogitsProcessor(first_row=num_samples)):
+        if self.use_vllm:
+            greedy_rows = _with_greedy_vllm_rows(self.vllm_generation.llm, first_row=num_samples)
+        else:
+            unwrapped = self.accelerator.unwrap_model(self.model_wrapped)  # what the parent's generate unwraps to
+            greedy_rows = _with_logits_processor(unwrapped, GreedyRowsLogitsProcessor(first_row=num_samples))
+        with greedy_rows:
             completion_ids, logprobs = super()._generate_single_turn(
                 [*prompt_ids, *prompt_ids[:: request.stride]], images, multimodal_fields, num_generations
             )
         request.completion_ids = completion_ids[num_samples:]
-        return completion_ids[:num_samples], logprobs
+        return completion_ids[:num_samples], (logprobs[:num_samples] if logprobs is not None else None)
 
     def _generate(self, prompts: list):
         # Prompts arrive in groups of `num_generations` copies. Decode one greedy completion per group when the local
