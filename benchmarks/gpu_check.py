@@ -19,7 +19,7 @@ hide the others:
 - ``vllm``: ReMax and PPO with ``use_vllm=True, vllm_mode="colocate"`` on the built-in tiny policy. Skipped where
   vLLM does not import (say why in ``reason``) and on a CPU.
 - ``speed``: ``benchmarks/speed.py --preset gpu`` (one repeat, shorter completions, to fit the budget), which writes
-  the ``speed-gpu`` section of ``--docs``. Dry run: ``speed.py --quick`` on the online-RL groups, docs untouched.
+  the ``speed-gpu`` section of ``--docs``. Dry run: ``speed.py --quick`` on the ReMax-vs-GRPO group, docs untouched.
 
 Results go to ``<out>/gpu_check.json`` and ``<out>/gpu_check.md``; with ``--docs`` the summary table replaces the
 ``gpu-check`` section of that file (``docs/benchmarks.md`` by default on CUDA, nothing by default in a dry run).
@@ -334,7 +334,7 @@ def stage_speed(ctx: Context) -> dict[str, Any]:
     if ctx.dry_run:
         import speed
 
-        everything = speed.main(["--quick", "--groups", "Online RL", "--output_dir", str(out)])
+        everything = speed.main(["--quick", "--groups", "Online RL: ReMax and RLOO", "--output_dir", str(out)])
         return {"status": "ok", "groups": list(everything), "tables": str(out / "speed.md")}
     if not ctx.cuda:
         raise Skip("speed.py --preset gpu needs a CUDA device")

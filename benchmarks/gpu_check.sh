@@ -18,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 
-# About 52 MB (bitsandbytes alone 43 MB) of the 64 MiB a device call carries. transformers (13.5 MB) is left out:
+# About 50 MiB (bitsandbytes alone 41) of the 64 MiB a device call carries. transformers (13.5 MB) is left out:
 # the image's 5.17.0 is used (TRL 1.16 and trl-extras accept it); add "transformers==5.24.0" to test this repo's pin.
 WHEELS=(
   "trl==1.16.0" "peft==0.21.2" "datasets==5.2.0" "diffusers==0.42.1" "bitsandbytes==0.50.2"
