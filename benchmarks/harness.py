@@ -20,6 +20,8 @@ print(ratio_table(results, baseline="dpo"))
 What a child measures:
 - ``step_s``: wall time of each optimizer step (``on_step_begin`` to ``on_step_end``), first ``warmup_steps``
   dropped; the median is reported.
+- ``median_cpu_step_s``: the same for the process's CPU time (all its threads). On a machine shared with other jobs
+  it moves far less than wall time, which counts the time the process waited for a core.
 - ``peak_mem_mb``: on CUDA, ``torch.cuda.max_memory_allocated``; on CPU, the process's peak resident set size
   (``ru_maxrss``) minus the resident size measured right before the target built anything, so imports are not counted.
 - ``tokens_per_s``: when the trainer counts input tokens (``trainer.state.num_input_tokens_seen``) or the target's
@@ -78,17 +80,19 @@ def _child(target: str, kwargs: dict[str, Any], warmup_steps: int) -> dict[str, 
     class StepTimer(TrainerCallback):
         def __init__(self):
             self.times: list[float] = []
-            self._start = 0.0
+            self.cpu_times: list[float] = []
+            self._start = self._cpu_start = 0.0
 
         def on_step_begin(self, args, state, control, **kw):
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
-            self._start = time.perf_counter()
+            self._start, self._cpu_start = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args, state, control, **kw):
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             self.times.append(time.perf_counter() - self._start)
+            self.cpu_times.append(time.process_time() - self._cpu_start)
 
     build = _load_target(target)
     baseline_rss = _rss_mb()
@@ -104,6 +108,7 @@ def _child(target: str, kwargs: dict[str, Any], warmup_steps: int) -> dict[str, 
         "steps": len(timer.times),
         "step_s": measured,
         "median_step_s": statistics.median(measured),
+        "median_cpu_step_s": statistics.median(timer.cpu_times[warmup_steps:] or timer.cpu_times),
         "device": torch.cuda.get_device_name()
         if torch.cuda.is_available()
         else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",

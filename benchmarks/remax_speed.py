@@ -8,7 +8,10 @@ Same number of generated tokens per step: every sequence is generated to exactly
 (``min_new_tokens``), and each trainer generates ``--batch_size`` sequences per step:
 
 - GRPO and RLOO: ``batch_size / 2`` prompts x 2 samples (their minimum group size), all trained on;
-- ReMax: ``batch_size / 2`` prompts x (1 sample + 1 greedy completion); it trains on the ``batch_size / 2`` samples.
+- ReMax: ``batch_size / 2`` prompts x (1 sample + 1 greedy completion), decoded in one ``generate`` call of
+  ``batch_size`` rows, as GRPO's; it trains on the ``batch_size / 2`` samples. Per step both run the same generation
+  (one prefill and ``completion_length - 1`` decoding forwards of ``batch_size`` rows); ReMax's forward and backward
+  for the loss cover half as many sequences, so its step can at best cost GRPO's generation plus half its training.
 
 With ``--with_ppo``, a second table compares ReMax and our PPOTrainer at the same number of prompts per step
 (``batch_size``, one sample each), as the ReMax paper (Li et al. 2023) compares them; the goal is ReMax at no more than

@@ -47,6 +47,8 @@ import harness  # noqa: E402
 THIS_FILE = str(Path(__file__).resolve())
 DOCS_SECTION = "speed"
 KEYS = ("median_step_s", "tokens_per_s", "peak_mem_mb", "weights_mb")
+# Online RL also shows CPU time per step: generation-bound steps on a shared CPU swing most in wall time
+RL_KEYS = ("median_step_s", "median_cpu_step_s", "tokens_per_s", "peak_mem_mb", "weights_mb")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -207,9 +209,10 @@ def groups(args, workdir: str) -> list[dict[str, Any]]:
         {
             "title": "Online RL: ReMax and RLOO vs GRPO",
             "setup": f"{rl_setup}; {args.rl_batch_size} sequences generated per step by each trainer (GRPO, RLOO: "
-            f"{half} prompts x 2; ReMax: {half} prompts x (1 sample + 1 greedy)); each at its default beta: GRPO and "
+            f"{half} prompts x 2; ReMax: {half} prompts x (1 sample + 1 greedy), in one generate call); each at its default beta: GRPO and "
             "ReMax 0 (no reference model), RLOO 0.05 (a reference model).",
             "baseline": "grpo",
+            "keys": RL_KEYS,
             "configurations": {
                 "grpo": online("grpo", half, 2),
                 "rloo": online("rloo", half, 2),
@@ -223,6 +226,7 @@ def groups(args, workdir: str) -> list[dict[str, Any]]:
             "setup": f"{rl_setup}; {args.rl_batch_size} prompts per step, one sample each; PPO trains a value model "
             "(one epoch per rollout), ReMax decodes a greedy completion; both keep a reference (ReMax beta=0.05).",
             "baseline": "ppo",
+            "keys": RL_KEYS,
             "configurations": {
                 "ppo": online("ppo", args.rl_batch_size, 1, num_ppo_epochs=1),
                 "remax": online("remax", args.rl_batch_size, 1, beta=0.05),
@@ -322,6 +326,41 @@ def measure(group: dict[str, Any], repeats: int, in_process: bool, threads: int 
     return results
 
 
+def read_docs_section(path: str | Path, section: str) -> str:
+    """The text between ``<!-- {section}:begin -->`` and ``<!-- {section}:end -->`` in ``path`` ("" when absent)."""
+    text = Path(path).read_text() if Path(path).exists() else ""
+    begin, end = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
+    if begin not in text or end not in text:
+        return ""
+    return text.split(begin, 1)[1].split(end, 1)[0].strip("\n")
+
+
+def merge_group_blocks(section: str, blocks: dict[str, str]) -> str:
+    """Replace the ``#### <title>`` blocks of a speed section whose titles ``blocks`` names (each block runs to the
+    next ``#### `` heading or a line starting with "PPO vs the last TRL"), keep the other blocks and their order, and
+    append the new titles at the end."""
+    head, found, order = [], {}, []
+    current: list[str] | None = None
+    tail: list[str] = []
+    for line in section.splitlines():
+        if line.startswith("#### "):
+            title = line[len("#### ") :].strip()
+            order.append(title)
+            current = found.setdefault(title, [])
+        elif line.startswith("PPO vs the last TRL with PPOTrainer: not run"):
+            current = tail
+        if current is None:
+            head.append(line)
+        else:
+            current.append(line)
+    parts = ["\n".join(head).strip()]
+    for title in order:
+        parts.append(blocks.get(title, "\n".join(found[title])).strip())
+    parts += [block.strip() for title, block in blocks.items() if title not in found]
+    parts.append("\n".join(tail).strip())
+    return "\n\n".join(part for part in parts if part) + "\n"
+
+
 def is_finite(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
@@ -377,12 +416,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "Quick smoke run: one repeat per configuration, all in one process; memory is not comparable.",
             "",
         ]
-    everything = {}
+    everything, blocks = {}, {}
     for group in comparisons:
         results = measure(group, args.repeats, args.quick, args.threads)
         everything[group["title"]] = {"baseline": group["baseline"], "setup": group["setup"], "results": results}
         table = harness.ratio_table(results, baseline=group["baseline"], keys=group.get("keys", KEYS))
-        sections += [f"#### {group['title']}", "", group["setup"], "", table, ""]
+        blocks[group["title"]] = f"#### {group['title']}\n\n{group['setup']}\n\n{table}"
+        sections += [blocks[group["title"]], ""]
         print(f"\n#### {group['title']}\n{table}", flush=True)
     if legacy is None:
         sections += [f"PPO vs the last TRL with PPOTrainer: not run ({why_not})."]
@@ -393,7 +433,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         import torch
         from frontier import write_docs_section
 
-        write_docs_section(args.docs, DOCS_SECTION + ("-gpu" if torch.cuda.is_available() else ""), text)
+        section = DOCS_SECTION + ("-gpu" if torch.cuda.is_available() else "")
+        if args.groups:  # a subset: replace only its tables in the section, each with the command that made it
+            rerun = {title: f"{block}\n\nThis table alone: `{command.strip()}`" for title, block in blocks.items()}
+            text = merge_group_blocks(read_docs_section(args.docs, section), rerun)
+        write_docs_section(args.docs, section, text)
     return everything
 
 

