@@ -65,8 +65,9 @@ TRAINER_ARGUMENTS: dict[str, str] = {
     "`ref_model` (TRL 0.11-0.13: `ref_policy`)": "not taken: the reference is a frozen copy of the initial policy "
     "(loaded from `model`'s path), or the policy with its adapter disabled under `peft_config`. A `ref_model` with "
     "the policy's weights is dropped; one with other weights is an error",
-    "`reward_model`": "`reward_funcs` (`args.reward_model_path` when omitted); a reward model module scores the "
-    "policy's token ids with `processing_class`, as before",
+    "`reward_model`": "`reward_funcs` (`args.reward_model_path` when omitted); a reward model module gets "
+    "`processing_class` as its tokenizer (the old trainer fed it the policy's token ids; here the prompt and "
+    "completion text is re-tokenised with that same tokenizer)",
     "`value_model`": "`value_model` (`None`: built as `args.value_model_init` says)",
     "`train_dataset`, `eval_dataset` with tokenised `input_ids`": "decoded into a `prompt` column with "
     "`processing_class` (padding dropped, special tokens kept, the tokenizer's own BOS/EOS not doubled); rows "
@@ -76,7 +77,7 @@ TRAINER_ARGUMENTS: dict[str, str] = {
     "`optimizers`, `callbacks`, `peft_config`": "same (a custom optimizer must hold the value model's parameters)",
     "`trainer.model.policy`, `trainer.model.value_model`, `trainer.policy_model`, `trainer.reward_model`, "
     "`trainer.stop_token_id`": "kept for reading on the legacy path (`trainer.model` is the policy itself)",
-    "`trainer.generate_completions(sampling=False)`": "kept: near-greedy completions of `eval_dataset` with their "
+    "`trainer.generate_completions(sampling=False)`": "kept: greedy completions of `eval_dataset` with their "
     "scores, printed as a table and returned as a DataFrame",
 }
 
@@ -90,7 +91,7 @@ CONFIG_FIELDS: dict[str, str] = {
     "`stop_token_id`": "set as the policy's `generation_config.eos_token_id` (generation also stops at the "
     "tokenizer's EOS)",
     "no `stop_token` and no `stop_token_id` (old default: no stop, every completion `response_length` long)": "not "
-    "reproduced: generation stops at the EOS (say so in the warning)",
+    "reproduced: generation stops at the EOS (listed in the warning)",
     "`sft_model_path`, `reward_model_path`": "kept for the scripts that read them; the trainer loads them only when "
     "`model` / `reward_model` is not passed",
     "`local_rollout_forward_batch_size`": "accepted, no effect: rollout forwards run in chunks of "
