@@ -2,6 +2,14 @@
 
     python benchmarks/frontier.py --workers 2 --docs docs/benchmarks.md --plot docs/frontier.png   # full, ~6 min on 2 cores
     python benchmarks/frontier.py --quick --output_dir /tmp/frontier                                # smoke run (CI)
+    python benchmarks/frontier.py --equal_steps --methods SFT,PPO,ReMax,GRPO,RLOO --workers 2 \
+        --docs docs/benchmarks.md --plot docs/frontier-equal-steps.png                                # equal steps
+
+Two comparisons of the online methods. By default they get equal rollouts: each samples ``online_steps`` batches,
+and PPO optimises each batch ``ppo_epochs`` times, so it takes ``ppo_epochs`` times the optimizer steps of ReMax,
+GRPO and RLOO. ``--equal_steps`` runs PPO with one epoch per rollout instead, so every online method takes the same
+optimizer steps on the same number of sampled sequences (its own docs section, ``frontier-equal-steps``). In both,
+PPO's critic starts from the learned reward model (the classic recipe).
 
 Rafailov et al. 2023 (https://arxiv.org/abs/2305.18290), figure 2: on controlled-sentiment generation, with a
 ground-truth reward, plot the reward each method reaches against its KL to the SFT model, over the settings of each
@@ -48,6 +56,7 @@ import frontier_metrics as fm  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DOCS_SECTION = "frontier"
+EQUAL_STEPS_DOCS_SECTION = "frontier-equal-steps"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -555,8 +564,8 @@ def report(rows, runs, reward_model: dict[str, Any], sizes: Sizes, command: str,
         f"accuracy {reward_model['held_out_accuracy']:.2f}. Offline methods: {sizes.offline_steps} steps of "
         f"{sizes.batch_size} pairs at learning rate {sizes.offline_lr:g} (Preferred-FT: the steps given); online "
         f"methods: {sizes.online_steps} rollouts of {sizes.batch_size} sequences at learning rate {sizes.online_lr:g} "
-        f"(GRPO, RLOO: {sizes.num_generations} per prompt; PPO: {sizes.ppo_epochs} epochs per rollout). "
-        "Mean ± standard deviation over seeds.",
+        f"(GRPO, RLOO: {sizes.num_generations} per prompt; PPO: {sizes.ppo_epochs} epochs per rollout, its critic "
+        f"initialised from the reward model). {_budget_text(sizes)} Mean ± standard deviation over seeds.",
         "",
         frontier_table(rows),
     ]
@@ -565,6 +574,20 @@ def report(rows, runs, reward_model: dict[str, Any], sizes: Sizes, command: str,
     if failed:
         lines += ["", "Failed runs (see results.json): " + ", ".join(failed)]
     return "\n".join(lines)
+
+
+def _budget_text(sizes: Sizes) -> str:
+    """What the comparison of the online methods holds fixed."""
+    if sizes.ppo_epochs == 1:
+        return (
+            f"Held fixed across the online methods: the optimizer steps ({sizes.online_steps}) and the rollouts "
+            f"({sizes.online_steps} batches of {sizes.batch_size} sampled sequences)."
+        )
+    return (
+        f"Held fixed across the online methods: the rollouts ({sizes.online_steps} batches of {sizes.batch_size} "
+        f"sampled sequences); PPO takes {sizes.ppo_epochs}x the optimizer steps of the others "
+        f"({sizes.online_steps * sizes.ppo_epochs} against {sizes.online_steps})."
+    )
 
 
 def _num_params() -> str:
@@ -584,6 +607,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--methods", default=",".join(METHODS), help="comma-separated subset of: " + ", ".join(METHODS)
     )
     parser.add_argument("--seeds", type=int, default=None, help="override the number of seeds")
+    parser.add_argument(
+        "--equal_steps",
+        action="store_true",
+        help="PPO with 1 epoch per rollout: every online method takes the same optimizer steps on the same rollouts "
+        f"(writes the `{EQUAL_STEPS_DOCS_SECTION}` docs section)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="runs in parallel, one process and one thread each")
     parser.add_argument("--docs", default=None, help="markdown file whose frontier section to replace")
     parser.add_argument("--plot", default=None, help="also write the figure here (as linked from --docs)")
@@ -596,6 +625,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sizes = Sizes(**asdict(QUICK_SIZES)) if args.quick else Sizes()
     if args.seeds is not None:
         sizes.seeds = args.seeds
+    if args.equal_steps:
+        sizes.ppo_epochs = 1
     names = [name.strip() for name in args.methods.split(",") if name.strip()]
     unknown = [name for name in names if name not in METHODS]
     if unknown:
@@ -623,6 +654,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     command = "python benchmarks/frontier.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     plot_path = output_dir / "frontier.png"
     title = "Reward-KL frontier, built-in sentiment task" + (" (quick smoke run)" if args.quick else "")
+    if args.equal_steps:
+        title += ", equal optimizer steps"
     plot_frontier(rows, plot_path, title)
     plot_link = None
     if args.plot:
@@ -640,7 +673,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     (output_dir / "results.json").write_text(json.dumps(results, indent=2))
     if args.docs:
-        write_docs_section(args.docs, DOCS_SECTION, text)
+        write_docs_section(args.docs, EQUAL_STEPS_DOCS_SECTION if args.equal_steps else DOCS_SECTION, text)
     print(text)
     return results
 

@@ -171,6 +171,41 @@ def test_frontier_quick_run_writes_a_well_formed_table_and_plot(builtin_cache, t
     assert text.startswith("# Benchmarks") and "| DPO | beta=0.1 |" in text and "![reward against KL](f.png)" in text
 
 
+def test_frontier_budget_text_says_what_is_held_fixed():
+    from frontier import Sizes, _budget_text
+
+    assert _budget_text(Sizes(online_steps=80, batch_size=16, ppo_epochs=4)) == (
+        "Held fixed across the online methods: the rollouts (80 batches of 16 sampled sequences); PPO takes 4x the "
+        "optimizer steps of the others (320 against 80)."
+    )
+    assert _budget_text(Sizes(online_steps=80, batch_size=16, ppo_epochs=1)) == (
+        "Held fixed across the online methods: the optimizer steps (80) and the rollouts (80 batches of 16 sampled "
+        "sequences)."
+    )
+
+
+def test_frontier_equal_steps_quick_run_writes_its_own_section(builtin_cache, tmp_path):
+    import frontier
+
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text(
+        "<!-- frontier:begin -->\nkept\n<!-- frontier:end -->\n\n"
+        "<!-- frontier-equal-steps:begin -->\n<!-- frontier-equal-steps:end -->\n"
+    )
+    out = tmp_path / "frontier"
+    argv = ["--quick", "--equal_steps", "--methods", "SFT,PPO,GRPO", "--output_dir", str(out), "--docs", str(docs)]
+    results = frontier.main(argv + ["--plot", str(tmp_path / "f.png")])
+    assert not [run for run in results["runs"] if "error" in run], [run.get("error") for run in results["runs"]]
+    assert results["sizes"]["ppo_epochs"] == 1
+    assert [row["method"] for row in results["rows"]] == ["SFT", "PPO", "GRPO"]
+    text = docs.read_text()
+    assert "<!-- frontier:begin -->\nkept\n<!-- frontier:end -->" in text  # the equal-rollouts section untouched
+    section = text.split("<!-- frontier-equal-steps:begin -->")[1]
+    assert (
+        "Held fixed across the online methods: the optimizer steps" in section and "| PPO | kl_coef=0.3 |" in section
+    )
+
+
 def test_speed_quick_run_gives_one_finite_row_per_configuration(builtin_cache, tmp_path):
     import speed
 

@@ -11,6 +11,7 @@ from trl import GRPOConfig
 
 from ..losses.ppo import KL_ESTIMATORS
 from ..validation import check_config
+from . import _ppo_legacy
 from ._grpo_config import grpo_post_init
 
 VALUE_MODEL_INITS = ("reward_model", "policy")
@@ -97,6 +98,18 @@ class PPOConfig(GRPOConfig):
             the KL in the reward and never in the loss.
         num_iterations (`int`, *optional*):
             Set from `num_ppo_epochs`; do not set it.
+        learning_rate, temperature, max_completion_length:
+            GRPOConfig's defaults (1e-6, 1.0, 512), or TRL <= 1.12's PPO defaults (3e-6, 0.7, 53) on the legacy path
+            (an old field below is set, or the trainer is called the old way). `None` (the declared default) means
+            unset.
+
+        > TRL <= 1.12 fields
+
+        response_length, stop_token, stop_token_id, sft_model_path, reward_model_path,
+        local_rollout_forward_batch_size, num_sample_generations, model_adapter_name, ref_adapter_name,
+        dataset_num_proc, exp_name:
+            Accepted so that old configs and scripts run; what each maps to is in `docs/ppo.md` ("Migrating from
+            TRL's old PPOTrainer") and `trl_extras.trainer._ppo_legacy`. Setting one makes the run a legacy run.
     """
 
     _VALID_DICT_FIELDS = GRPOConfig._VALID_DICT_FIELDS + ["value_model_init_kwargs"]
@@ -126,7 +139,9 @@ class PPOConfig(GRPOConfig):
     )
     vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss."})
     gamma: float = field(default=1.0, metadata={"help": "Discount factor."})
-    lam: float = field(default=1.0, metadata={"help": "GAE lambda (TRL's former default: 0.95)."})
+    lam: float | None = field(
+        default=None, metadata={"help": "GAE lambda. Unset: 1.0 (0.95, TRL <= 1.12's, on the legacy path)."}
+    )
     whiten_rewards: bool = field(
         default=False, metadata={"help": "Scale the per-token rewards by their batch standard deviation before GAE."}
     )
@@ -166,8 +181,52 @@ class PPOConfig(GRPOConfig):
         default=None, metadata={"help": "Set from kl_coef; do not set. PPO's KL is in the reward, not the loss."}
     )
     num_iterations: int | None = field(default=None, metadata={"help": "Set from num_ppo_epochs; do not set."})
+    # None = unset: GRPOConfig's default, or TRL <= 1.12's on the legacy path (_ppo_legacy.OLD_DEFAULTS)
+    learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate. Unset: 1e-6 (3e-6, TRL <= 1.12's, on the legacy path)."}
+    )
+    temperature: float | None = field(
+        default=None, metadata={"help": "Sampling temperature. Unset: 1.0 (0.7 on the legacy path)."}
+    )
+    max_completion_length: int | None = field(
+        default=None, metadata={"help": "Maximum completion length. Unset: 512 (53 on the legacy path)."}
+    )
+
+    # TRL <= 1.12 fields (docs/ppo.md, "Migrating from TRL's old PPOTrainer")
+    response_length: int | None = field(
+        default=None, metadata={"help": "TRL <= 1.12: the old name of max_completion_length (default there 53)."}
+    )
+    stop_token: str | None = field(
+        default=None, metadata={"help": "TRL <= 1.12: 'eos' stops at the tokenizer's EOS (always the case here)."}
+    )
+    stop_token_id: int | None = field(
+        default=None, metadata={"help": "TRL <= 1.12: a stop token id, set as the policy's generation eos_token_id."}
+    )
+    sft_model_path: str | None = field(
+        default=None, metadata={"help": "TRL <= 1.12: the policy's path; used when the trainer gets no model."}
+    )
+    reward_model_path: str | None = field(
+        default=None, metadata={"help": "TRL <= 1.12: the reward model's path; used when the trainer gets no reward."}
+    )
+    local_rollout_forward_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "TRL <= 1.12, no effect: rollout forwards run in chunks of per_device_train_batch_size."},
+    )
+    num_sample_generations: int | None = field(
+        default=None, metadata={"help": "TRL <= 1.12: > 0 sets log_completions=True."}
+    )
+    model_adapter_name: str | None = field(
+        default=None, metadata={"help": "TRL <= 1.12: only None or 'default' (the adapter PPOTrainer trains)."}
+    )
+    ref_adapter_name: str | None = field(
+        default=None, metadata={"help": "TRL <= 1.12: not supported (an error when set)."}
+    )
+    dataset_num_proc: int | None = field(
+        default=None, metadata={"help": "TRL <= 1.12: kept for scripts that read it; the trainer does not tokenise."}
+    )
 
     def __post_init__(self):
+        _ppo_legacy.resolve_config(self)  # old fields, and the defaults that depend on them
         check_config(self)  # field values no trainer can use (kl_coef < 0, lengths, batch sizes)
         self._validate_ppo_fields()
         if isinstance(self.value_model_init_kwargs, str):
@@ -252,3 +311,6 @@ class PPOConfig(GRPOConfig):
             raise ValueError(
                 f"`value_model_init` must be one of {VALUE_MODEL_INITS} or None, got {self.value_model_init!r}."
             )
+
+
+PPOConfig.__init__ = _ppo_legacy.reject_removed_config_fields(PPOConfig.__init__)

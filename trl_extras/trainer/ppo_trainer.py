@@ -36,6 +36,7 @@ from ..losses.ppo import (
 )
 from ..quantization import keep_4bit_training_exact
 from ..rewards import check_reward_funcs
+from . import _ppo_legacy
 from .ppo_config import PPOConfig
 from .value_model import (
     PerTokenValueModel,
@@ -69,7 +70,7 @@ _GRPO_LOSS_FIELDS = (
 )
 
 
-class PPOTrainer(CheckpointSafetyMixin, GRPOTrainer):
+class PPOTrainer(CheckpointSafetyMixin, _ppo_legacy.LegacyPPOTrainerMixin, GRPOTrainer):
     r"""
     Trainer for RLHF with Proximal Policy Optimization: a policy, a value model (critic), a KL penalty against the
     reference policy in the reward, GAE advantages and clipped policy and value losses.
@@ -136,6 +137,10 @@ class PPOTrainer(CheckpointSafetyMixin, GRPOTrainer):
 
     Under PEFT/QLoRA the reference policy is the policy with its adapter disabled (no second copy), as in GRPO.
     Text-only policies; DeepSpeed and FSDP are not supported (the critic is trained outside their wrappers).
+
+    Calls written for TRL's old PPOTrainer (TRL <= 1.12: `PPOTrainer(args, processing_class, model, ref_model,
+    reward_model, train_dataset, value_model, ...)`, tokenised `input_ids` datasets, `trainer.model.policy`) are mapped
+    by `trl_extras.trainer._ppo_legacy`, with one FutureWarning; see docs/ppo.md.
     """
 
     _tag_names = ["trl", "trl-extras", "ppo"]
@@ -153,6 +158,7 @@ class PPOTrainer(CheckpointSafetyMixin, GRPOTrainer):
             }"""),
     }
 
+    @_ppo_legacy.legacy_call  # TRL <= 1.12 arguments -> these (docs/ppo.md, "Migrating from TRL's old PPOTrainer")
     def __init__(
         self,
         model: str | PreTrainedModel,
