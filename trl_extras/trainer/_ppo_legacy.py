@@ -90,7 +90,7 @@ CONFIG_FIELDS: dict[str, str] = {
     "`temperature` (0.7), `learning_rate` (3e-6)": "same names; when unset, the old defaults on the legacy path, "
     "else 1.0 and 1e-6",
     "`lam` (0.95)": "same name; when unset, 0.95 on the legacy path, else 1.0 (learns faster from a fresh critic: "
-    "docs/ppo.md, \"Learning speed against GRPO\")",
+    'docs/ppo.md, "Learning speed against GRPO")',
     '`stop_token="eos"`': "the default: generation stops at the tokenizer's EOS and the model's "
     "`generation_config.eos_token_id`s",
     "`stop_token_id`": "set as the policy's `generation_config.eos_token_id` (generation also stops at the "
