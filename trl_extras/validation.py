@@ -17,6 +17,7 @@ The rules are one table (`RULES`): a field, the config classes it applies to, an
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -161,13 +162,19 @@ def check_config(config: Any, config_class: type | None = None) -> None:
 
     `config` is a config object, or any object with the fields as attributes (the ``trl-extras`` parser passes its
     namespace before the config is built); `config_class` says which rules apply (default: ``type(config)``).
-    Fields the object does not have are skipped.
+    Fields the object does not have are skipped, and so, before the config is built, are fields left at a `None`
+    default that the config's ``__post_init__`` resolves (PPOConfig's `temperature`, say); it checks them again then.
     """
     names = _class_names(config_class or type(config))
+    unset_defaults = set()
+    if config_class is not None and dataclasses.is_dataclass(config_class):
+        unset_defaults = {f.name for f in dataclasses.fields(config_class) if f.default is None}
     for rule in RULES:
         if not names & set(rule.applies_to) or names & set(rule.unless) or not hasattr(config, rule.field):
             continue
         value = getattr(config, rule.field)
+        if value is None and rule.field in unset_defaults:
+            continue
         expected = rule.check(value)
         if expected is not None:
             note = f" ({rule.note})" if rule.note else ""
