@@ -207,8 +207,209 @@ def _relaunch_with_accelerate(command: str, training_argv: list[str], launch_arg
     except ValueError as error:
         raise _CLIError(f"{_ACCELERATE_CONFIG_FLAG}: {error}") from None
     args = launch_command_parser().parse_args([*launch_args, "-m", "trl_extras.cli", command, *training_argv])
-    launch_command(args)
+    import tempfile
+
+    saved = {name: os.environ.get(name) for name in ("ACCELERATE_USE_CPU", LAUNCH_DIR_ENV)}
+    with tempfile.TemporaryDirectory(prefix="trl-extras-launch-") as directory:
+        watchdog = _ExitWatchdog(directory, _exit_timeout())
+        try:
+            _spawn_cpu_processes_with_torchrun(args)
+            os.environ[LAUNCH_DIR_ENV] = directory
+            watchdog.start()
+            launch_command(args)
+        except Exception:
+            if watchdog.report is None:
+                raise
+        finally:  # the launch's settings, not this process's
+            watchdog.stop()
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+    if watchdog.report is not None:
+        raise _CLIError(watchdog.report, EXIT_RUNTIME)
     return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# a process that does not exit after the others finished
+
+
+LAUNCH_DIR_ENV = "TRL_EXTRAS_LAUNCH_DIR"  # set by the launcher: where each process notes its pid and its end
+EXIT_TIMEOUT_ENV = "TRL_EXTRAS_EXIT_TIMEOUT"
+DEFAULT_EXIT_TIMEOUT = 300.0
+
+
+def _exit_timeout() -> float:
+    value = os.environ.get(EXIT_TIMEOUT_ENV, "").strip()
+    try:
+        timeout = float(value) if value else DEFAULT_EXIT_TIMEOUT
+    except ValueError:
+        raise _CLIError(f"{EXIT_TIMEOUT_ENV}: expected a number of seconds (0: wait forever), got {value!r}") from None
+    return timeout
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, exited but not yet reaped by its launcher, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as file:
+            return file.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+def _rank_started() -> None:
+    """In a launched process: note the pid, and print every thread's stack on SIGUSR1 (what the watchdog sends)."""
+    directory = os.environ.get(LAUNCH_DIR_ENV)
+    if not directory or not os.path.isdir(directory):
+        return
+    import faulthandler
+    import signal
+
+    if hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    rank = os.environ.get("RANK", "0")
+    with open(os.path.join(directory, f"rank-{rank}.pid"), "w") as file:
+        file.write(str(os.getpid()))
+
+
+def _rank_finished() -> None:
+    directory = os.environ.get(LAUNCH_DIR_ENV)
+    if directory and os.path.isdir(directory):
+        with open(os.path.join(directory, f"rank-{os.environ.get('RANK', '0')}.finished"), "w") as file:
+            file.write(str(os.getpid()))
+
+
+class _ExitWatchdog:
+    """In the launcher: stop a run one of whose processes is still there ``timeout`` s after another one finished.
+
+    A process that has trained and saved and then waits (for a collective that another process never joins, or in
+    its teardown) keeps the launcher, and the job's allocation, waiting until it is killed. Each launched process
+    writes ``rank-R.pid`` when it starts and ``rank-R.finished`` when its command has returned (see ``_run``); once
+    one has finished, every process still running ``timeout`` seconds later is sent SIGUSR1 (its Python stack goes
+    to the run's stderr) and then SIGTERM, and the launcher exits with an error that names it.
+    """
+
+    def __init__(self, directory: str, timeout: float, poll: float = 1.0):
+        import threading
+
+        self.directory, self.timeout, self.poll = directory, timeout, poll
+        self.report: str | None = None
+        self._first_finished = "?"
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="trl-extras-exit-watchdog", daemon=True)
+
+    def start(self) -> None:
+        if self.timeout > 0:
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _markers(self, suffix: str) -> dict[str, tuple[int, float]]:
+        """``{rank: (pid, time written)}`` for the ``rank-R.<suffix>`` files."""
+        found = {}
+        for name in os.listdir(self.directory):
+            if name.startswith("rank-") and name.endswith(f".{suffix}"):
+                path = os.path.join(self.directory, name)
+                try:
+                    with open(path) as file:
+                        found[name[5 : -len(suffix) - 1]] = (int(file.read()), os.path.getmtime(path))
+                except (OSError, ValueError):  # being written
+                    continue
+        return found
+
+    def check(self, now: float | None = None) -> list[tuple[str, int]]:
+        """The ``(rank, pid)`` of the processes still running ``timeout`` s after the first one finished."""
+        import time
+
+        finished = self._markers("finished")
+        if not finished:
+            return []
+        first_rank, (_, first_time) = min(finished.items(), key=lambda item: item[1][1])
+        if (time.time() if now is None else now) - first_time < self.timeout:
+            return []
+        self._first_finished = first_rank
+        return sorted((rank, pid) for rank, (pid, _) in self._markers("pid").items() if _process_alive(pid))
+
+    def _watch(self) -> None:
+        while not self._stopped.wait(self.poll):
+            stuck = self.check()
+            if stuck:
+                self.stop_processes(stuck)
+                return
+
+    def stop_processes(self, stuck: list[tuple[str, int]]) -> None:
+        import signal
+        import time
+
+        names = ", ".join(f"rank {rank} (pid {pid})" for rank, pid in stuck)
+        self.report = (
+            f"{names} had not exited {self.timeout:g} s after rank {self._first_finished} finished; the run was "
+            "stopped, its Python stack is printed above. A process that waits after training is a bug (a "
+            f"collective only some processes reach): please report it. {EXIT_TIMEOUT_ENV}=seconds waits longer "
+            "(0: forever)."
+        )
+        print(f"trl-extras: error: {self.report}", file=sys.stderr, flush=True)
+        alive = [pid for _, pid in stuck]
+        if hasattr(signal, "SIGUSR1"):
+            _send(alive, signal.SIGUSR1)  # faulthandler prints the stacks; the process keeps waiting
+            time.sleep(2.0)
+        for sig, wait in ((signal.SIGTERM, 10.0), (getattr(signal, "SIGKILL", signal.SIGTERM), 5.0)):
+            _send(alive, sig)
+            deadline = time.monotonic() + wait
+            while alive and time.monotonic() < deadline:
+                time.sleep(0.1)
+                alive = [pid for pid in alive if _process_alive(pid)]
+            if not alive:
+                return
+
+
+def _send(pids: list[int], sig) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _spawn_cpu_processes_with_torchrun(args) -> None:
+    """Make ``--num_processes N`` (N > 1) start N processes on a machine without accelerators, or with ``--cpu``.
+
+    accelerate starts several processes only through its multi-GPU (torchrun) launcher; without GPUs, or with
+    ``--cpu``, it runs a single process whatever ``--num_processes`` says. Here such a launch goes through the torchrun
+    launcher instead, and the processes form one CPU (gloo) group (``ACCELERATE_USE_CPU``, which each process's
+    ``trl-extras`` also sets when it sees several processes and no accelerator).
+    """
+    import copy
+
+    from accelerate.commands.launch import _validate_launch_command
+
+    from trl_extras._distributed import has_accelerator
+
+    resolved, _, _ = _validate_launch_command(copy.deepcopy(args))  # what launch_command will decide
+    if (resolved.num_processes or 1) <= 1 or resolved.num_machines not in (None, 1):
+        return
+    engines = (resolved.multi_gpu, resolved.use_deepspeed, resolved.use_fsdp, resolved.use_megatron_lm, resolved.tpu)
+    if any(engines) and not resolved.cpu:
+        return  # accelerate's own multi-process launcher
+    if resolved.cpu or not has_accelerator():
+        args.cpu, args.multi_gpu = False, True
+        os.environ["ACCELERATE_USE_CPU"] = "true"
+        return
+    raise _CLIError(
+        f"--num_processes {resolved.num_processes}: accelerate would start one process (no multi-process engine is "
+        "set); add --multi_gpu, or an --accelerate_config with distributed_type MULTI_GPU, FSDP or DEEPSPEED"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -265,6 +466,10 @@ def _run(command: Subcommand, argv: list[str]) -> int:
         raise _CLIError(str(error)) from None
     if launch_args:
         return _relaunch_with_accelerate(command.name, training_argv, launch_args)
+    from trl_extras._distributed import check_process_group
+
+    _rank_started()
+    check_process_group(training_args)  # several launched processes that would each train alone: an error
     import torch
 
     _common.TRAINING_STARTED = False
@@ -273,14 +478,16 @@ def _run(command: Subcommand, argv: list[str]) -> int:
         module.main(script_args, training_args, model_args, dataset_args)
     finally:
         torch.set_num_threads(num_threads)
+    _rank_finished()
     return 0
 
 
 def _setup_errors() -> tuple[type[BaseException], ...]:
+    from trl_extras._distributed import LaunchError
     from trl_extras.rewards import RewardFunctionError
     from trl_extras.scripts._common import ConfigError
 
-    return ConfigError, RewardFunctionError, ValueError, TypeError, OSError, ImportError
+    return ConfigError, RewardFunctionError, LaunchError, ValueError, TypeError, OSError, ImportError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -322,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if debug or _common.TRAINING_STARTED:
             raise
-        status = EXIT_CONFIG if isinstance(error, _setup_errors()[:2]) else EXIT_RUNTIME
+        status = EXIT_CONFIG if isinstance(error, _setup_errors()[:3]) else EXIT_RUNTIME
         print(f"{prog}: error: {error}", file=sys.stderr)
         return status
 

@@ -9,6 +9,7 @@ half-written model and only one of them does the work.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -63,10 +64,36 @@ def cached_build(name: str, key: str, build: Callable[[Path], None]) -> str:
             shutil.rmtree(final)
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
         try:
-            build(tmp)
+            with _save_pretrained_writes_on_this_rank():
+                build(tmp)
             (tmp / _COMPLETE_MARKER).write_text(key)
             os.replace(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return str(final)
+
+
+@contextlib.contextmanager
+def _save_pretrained_writes_on_this_rank():
+    """Let transformers' ``save_pretrained`` write on whichever process builds the entry.
+
+    Under ``torch.distributed`` (an ``accelerate launch`` rank), transformers writes a model's weights and config only
+    on global rank 0, whatever ``is_main_process`` says. A cache entry is built by the process that holds the lock,
+    any rank (or a rank 0 on another machine): without this, rank 1 would mark an entry complete with a tokenizer and
+    no model, and every run would then fail to load it.
+    """
+    try:
+        from transformers.distributed import mixin
+    except ImportError:  # an older transformers without the check
+        yield
+        return
+    original = getattr(mixin, "_is_torch_distributed_initialized", None)
+    if original is None:
+        yield
+        return
+    mixin._is_torch_distributed_initialized = lambda: False
+    try:
+        yield
+    finally:
+        mixin._is_torch_distributed_initialized = original

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from trl.trainer.base_config import _BaseConfig
 
+from .._distributed import check_process_group
 from ..losses.diffusion_dpo import DEFAULT_BETA
 from ..validation import check_config
 
@@ -170,3 +171,4 @@ class DiffusionDPOConfig(_BaseConfig):
                 stacklevel=3,
             )
         super().__post_init__()
+        check_process_group(self)  # several launched processes must form one group

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from trl import DPOConfig
 
+from .._distributed import check_process_group
 from ..image_corruption import ImageCorruption
 from ..validation import check_config
 
@@ -112,6 +113,7 @@ class MDPOConfig(DPOConfig):
                 "the fly and the corrupted images are drawn anew each step. Set precompute_ref_log_probs=False."
             )
         super().__post_init__()
+        check_process_group(self)  # several launched processes must form one group
         if self.corruption_seed is None:
             self.corruption_seed = self.seed
 

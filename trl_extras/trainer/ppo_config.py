@@ -9,6 +9,7 @@ from typing import Any
 
 from trl import GRPOConfig
 
+from .._distributed import check_process_group
 from ..losses.ppo import KL_ESTIMATORS
 from ..validation import check_config
 from . import _ppo_legacy
@@ -256,6 +257,7 @@ class PPOConfig(GRPOConfig):
         self.beta = self.kl_coef
 
         grpo_post_init(self)  # GRPOConfig's checks, with one completion per prompt allowed (the classic setting)
+        check_process_group(self)  # several launched processes must form one group
 
         optimizer_steps_per_rollout = self.num_ppo_epochs * self.num_mini_batches
         if self.total_episodes is not None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
+from .._distributed import check_process_group
 from ..losses.remax import SCALE_REWARDS
 from ..validation import check_config
 from ._grpo_config import grpo_post_init
@@ -90,3 +91,4 @@ class ReMaxConfig(GRPOConfig):
             )
 
         grpo_post_init(self)  # GRPOConfig's checks, with one sample per prompt allowed (the greedy baseline's setting)
+        check_process_group(self)  # several launched processes must form one group

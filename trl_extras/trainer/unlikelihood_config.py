@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from trl import DPOConfig
 
+from .._distributed import check_process_group
 from ..validation import check_config
 
 # DPOConfig fields that only shape DPO's reference-based losses, with their defaults: the unlikelihood objectives
@@ -109,6 +110,7 @@ class UnlikelihoodConfig(DPOConfig):
                 "UnlikelihoodConfig.sync_ref_model must be False: the unlikelihood objectives use no reference model."
             )
         super().__post_init__()  # normalises loss_type to a list
+        check_process_group(self)  # several launched processes must form one group
         for name, default in _UNUSED_DPO_LOSS_FIELDS.items():
             if getattr(self, name) != default:
                 warnings.warn(

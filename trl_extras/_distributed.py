@@ -1,0 +1,69 @@
+"""Checks on how the processes of a run were launched: one place, called by every trainer's config and the CLI.
+
+A launcher (``accelerate launch``, ``torchrun``) that starts several processes sets ``WORLD_SIZE`` in each of them.
+If accelerate then forms no process group (on a machine without GPUs it only forms a CPU (gloo) group when
+``use_cpu`` is set), each process trains its own copy of the model on the whole dataset and saves over the others'
+output, without a word. :func:`check_process_group` turns that into an error before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["LaunchError", "check_process_group", "has_accelerator"]
+
+
+class LaunchError(ValueError):
+    """The processes of a run were launched in a way that cannot train as one run."""
+
+
+def has_accelerator() -> bool:
+    """Whether torch sees a GPU (or another accelerator) on this machine."""
+    import torch
+
+    if torch.cuda.is_available():
+        return True
+    return hasattr(torch, "accelerator") and torch.accelerator.current_accelerator() is not None
+
+
+def launched_world_size() -> int:
+    """The number of processes the launcher started (``WORLD_SIZE``; 1 without a launcher)."""
+    value = os.environ.get("WORLD_SIZE", "").strip()
+    try:
+        return int(value) if value else 1
+    except ValueError:
+        raise LaunchError(f"WORLD_SIZE: expected a whole number of processes, got {value!r}") from None
+
+
+def check_process_group(args) -> None:
+    """Raise :class:`LaunchError` if the launcher started several processes that accelerate does not join into one.
+
+    ``args`` is the run's ``TrainingArguments`` (any TRL or trl-extras config); its device setup (accelerate's
+    ``PartialState``) is done here if it has not been yet. Nothing is checked, and nothing set up, in a process started
+    without a launcher.
+    """
+    world_size = launched_world_size()
+    if world_size <= 1:
+        return
+    _ = args.device  # sets up accelerate's PartialState from use_cpu and the environment, once
+    state = args.distributed_state
+    num_processes = state.num_processes if state is not None else 1
+    if num_processes == world_size:
+        return
+    distributed_type = getattr(getattr(state, "distributed_type", None), "value", "NO")
+    if not has_accelerator():
+        fix = (
+            "This machine has no GPU: set `use_cpu=True` in the training arguments (`--use_cpu true` on the command "
+            "line, `use_cpu: true` in a trl-extras YAML) or `ACCELERATE_USE_CPU=true` in the environment, so that "
+            "the processes form one CPU (gloo) group; `trl-extras <trainer> --num_processes N` does this for you."
+        )
+    else:
+        fix = (
+            "Check the launcher's settings (accelerate's `distributed_type`, `num_processes`, `gpu_ids`) and that "
+            "every process sees its device."
+        )
+    raise LaunchError(
+        f"WORLD_SIZE={world_size}: the launcher started {world_size} processes, but accelerate sees "
+        f"{num_processes} process(es) here (distributed type {distributed_type}), so each process would train its "
+        f"own copy of the model on the whole dataset. {fix}"
+    )
