@@ -106,7 +106,8 @@ def deterministic_sampling(trainer, group_size: int):
         if generation_config is not None and generation_config.do_sample:
             generation_config = copy.copy(generation_config)
             generation_config.do_sample = False
-            kwargs["logits_processor"] = LogitsProcessorList([processor])
+            # after the caller's processors (ReMax's greedy rows are one-hot by then, and stay their argmax)
+            kwargs["logits_processor"] = LogitsProcessorList([*(kwargs.get("logits_processor") or []), processor])
         return generate(*args, generation_config=generation_config, **kwargs)
 
     model.generate = seeded_generate

@@ -74,15 +74,7 @@ def parity_runs(tiny_lm_path, tiny_reward_model_path, tmp_path_factory):
     return {world_size: out for world_size, (_, _, out) in processes.items()}
 
 
-# MDPO's image corruption draws from one generator per process, seeded with (corruption_seed, dataloader worker):
-# both processes draw the same corruptions, so the second half of the batch is corrupted differently from a 1-process
-# run (and identically to the first half). Measured: 18% of the update apart after 2 steps.
-MDPO_CORRUPTION = pytest.mark.xfail(
-    strict=True, reason="MDPOTrainer's image corruption uses one random stream per process (DataCollatorForMDPO.rng)"
-)
-
-
-@pytest.mark.parametrize("trainer", [pytest.param(t, marks=MDPO_CORRUPTION) if t == "mdpo" else t for t in TRAINERS])
+@pytest.mark.parametrize("trainer", TRAINERS)
 def test_two_gloo_processes_train_as_one(parity_runs, trainer):
     one, two = (torch.load(parity_runs[n] / f"{trainer}.pt") for n in (1, 2))
     assert (one["world_size"], two["world_size"]) == (1, 2)

@@ -71,8 +71,10 @@ class DataCollatorForMDPO:
     ``prompt + chosen`` whose images are corrupted copies (``corruption``) of the true ones, collated by TRL's
     prompt-completion vision collator so that they are tokenised exactly like the chosen rows (checked per row).
 
-    Each row's corruption draws from a generator seeded with ``(seed, worker id, rows)``, ``rows`` being the number
-    of rows corrupted before it in this process: a run is reproducible for a given seed, every step gets fresh crops,
+    Each row's corruption draws from a generator seeded with ``(seed, worker id, global_row(rows))``, ``rows`` being
+    the number of rows corrupted before it in this process and ``global_row`` its place among the rows of all
+    processes: a run is reproducible for a given seed, 2 processes draw what 1 process with their whole batch draws,
+    every step gets fresh crops,
     and a batch split into gradient-accumulation micro-batches gets the crops the whole batch would. ``rows`` is the
     collator's whole state: ``MDPOTrainer`` saves the rows it trained on in each checkpoint and restores them on
     resume, and evaluates with a copy of its own, so a resumed run draws what the uninterrupted run drew (with
@@ -85,6 +87,10 @@ class DataCollatorForMDPO:
     seed: int = 0
     max_length: int | None = None
     rows: int = 0
+    # Set by MDPOTrainer from its accelerator: the corruption of a row depends on its place among all processes' rows
+    num_processes: int = 1
+    process_index: int = 0
+    batch_size: int | None = None
     _chosen_collator: DataCollatorForVisionLanguageModeling | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -94,10 +100,19 @@ class DataCollatorForMDPO:
 
     def corrupt(self, example: dict[str, Any], row: int) -> list[Image.Image]:
         worker = torch.utils.data.get_worker_info()
-        rng = np.random.default_rng([self.seed, 0 if worker is None else worker.id, self.rows])
+        rng = np.random.default_rng([self.seed, 0 if worker is None else worker.id, self.global_row(self.rows)])
         self.rows += 1
         images = example["images"] if "images" in example else [example["image"]]
         return [self.corruption(_as_pil(image, row), rng) for image in images]
+
+    def global_row(self, rows: int) -> int:
+        """Where this process's `rows`-th row stands in the rows of all processes, as accelerate shards batches
+        (process ``k`` takes batch ``step * num_processes + k`` of ``batch_size`` rows), so that several processes
+        draw the corruptions one process with their whole batch draws. One process: ``rows`` itself."""
+        if self.num_processes == 1 or not self.batch_size:
+            return rows
+        step, offset = divmod(rows, self.batch_size)
+        return (step * self.num_processes + self.process_index) * self.batch_size + offset
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self.base([_copy_example(example) for example in examples])
@@ -331,6 +346,9 @@ class MDPOTrainer(CheckpointSafetyMixin, DPOTrainer):
                 corruption=args.image_corruption,
                 seed=args.corruption_seed,
                 max_length=args.max_length,
+                num_processes=self.accelerator.num_processes,
+                process_index=self.accelerator.process_index,
+                batch_size=args.per_device_train_batch_size,
             )
 
     def _save_checkpoint(self, model, trial):
