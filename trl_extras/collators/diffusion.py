@@ -63,7 +63,8 @@ class DiffusionPreferenceCollator:
     (see ``preprocess_image``); captions are padded to ``tokenizer.model_max_length`` as diffusers pipelines do.
 
     Args:
-        tokenizer: the pipeline's ``tokenizer``.
+        tokenizer: the pipeline's ``tokenizer``, or ``None`` to keep the captions as strings (``caption``: a list of
+            ``B`` strings) for pipelines whose own ``encode_prompt`` tokenises them (SD3, Flux).
         tokenizer_2: SDXL's second tokenizer (``pipe.tokenizer_2``), or ``None``.
         resolution: side of the square training images, in pixels.
         center_crop: crop the centre (default) or a random square.
@@ -73,7 +74,8 @@ class DiffusionPreferenceCollator:
     Returns a dict of tensors, ``B`` = number of rows:
 
     - ``chosen_pixel_values``, ``rejected_pixel_values``: ``(B, 3, resolution, resolution)``, in ``[-1, 1]``.
-    - ``input_ids`` (and ``input_ids_2`` with ``tokenizer_2``): ``(B, model_max_length)``.
+    - ``input_ids`` (and ``input_ids_2`` with ``tokenizer_2``): ``(B, model_max_length)``; without a tokenizer,
+      ``caption``: the ``B`` captions.
     - ``chosen_original_sizes``, ``rejected_original_sizes``: ``(B, 2)`` original ``(height, width)``;
       ``chosen_crop_top_lefts``, ``rejected_crop_top_lefts``: ``(B, 2)`` crop ``(top, left)``. SDXL's
       micro-conditioning; the trainer ignores them for other models.
@@ -92,7 +94,7 @@ class DiffusionPreferenceCollator:
                 f"DiffusionPreferenceCollator.resolution must be a positive integer, got {self.resolution}"
             )
 
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         sides = ("chosen",) if self.loss_type == "sft" else ("chosen", "rejected")
         batch: dict[str, torch.Tensor] = {}
         for side in sides:
@@ -121,6 +123,9 @@ class DiffusionPreferenceCollator:
                     f"Batch row {index}, column 'caption': expected a string, got {type(caption).__name__}."
                 )
             captions.append(caption)
+        if self.tokenizer is None:
+            batch["caption"] = captions
+            return batch
         batch["input_ids"] = self._tokenize(self.tokenizer, captions)
         if self.tokenizer_2 is not None:
             batch["input_ids_2"] = self._tokenize(self.tokenizer_2, captions)

@@ -481,10 +481,7 @@ class DiffusionDPOTrainer(_BaseTrainer):
         os.makedirs(output_dir, exist_ok=True)
         denoiser, subfolder = self.accelerator.unwrap_model(self.model), self.family.denoiser_name
         if self.is_peft:
-            from diffusers.utils import convert_state_dict_to_diffusers
-            from peft.utils import get_peft_model_state_dict
-
-            lora_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(denoiser, state_dict=state_dict))
+            lora_layers = self.family.lora_layers(denoiser, state_dict)
             self.family.save_lora_weights(output_dir, lora_layers, denoiser.peft_config["default"].to_dict())
         elif state_dict is None:
             denoiser.save_pretrained(os.path.join(output_dir, subfolder))

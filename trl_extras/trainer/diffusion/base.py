@@ -134,6 +134,13 @@ class DiffusionFamily:
 
     # ------------------------------------------------------------------ saving
 
+    def lora_layers(self, denoiser: torch.nn.Module, state_dict: dict | None = None) -> dict[str, torch.Tensor]:
+        """The adapter weights to save, keyed as the family's ``load_lora_weights`` reads them (transformers:
+        PEFT's own names, as diffusers' SD3/Flux LoRA scripts save them)."""
+        from peft.utils import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(denoiser, state_dict=state_dict)
+
     def save_lora_weights(self, output_dir: str | os.PathLike, lora_layers: dict, metadata: dict) -> None:
         """Write ``pytorch_lora_weights.safetensors`` that ``pipeline.load_lora_weights(output_dir)`` loads."""
         type(self.pipeline).save_lora_weights(

@@ -83,6 +83,12 @@ class StableDiffusionFamily(DiffusionFamily):
         encoded["pooled_prompt_embeds"] = second.text_embeds.float()
         return encoded
 
+    def lora_layers(self, denoiser, state_dict=None):
+        """PEFT's weights in diffusers' UNet LoRA names (``lora.down``/``lora.up``), as its UNet scripts save them."""
+        from diffusers.utils import convert_state_dict_to_diffusers
+
+        return convert_state_dict_to_diffusers(super().lora_layers(denoiser, state_dict))
+
     def sample_noise_levels(self, num_pairs, draw, latent_shape) -> NoiseLevels:
         num_timesteps = self.noise_scheduler.config.num_train_timesteps
         return NoiseLevels(timesteps=draw(partial(torch.randint, 0, num_timesteps), (num_pairs,)))
