@@ -1,4 +1,4 @@
-"""Diffusion-DPO on the flow-matching families (SD3, Flux.1-dev and schnell layouts), one table of cases.
+"""Diffusion-DPO on the flow-matching families (SD3, Flux.1-dev and schnell layouts, Sana), one table of cases.
 
 Each family runs the same contract tests: one plain-SGD step equals ``-lr * grad`` of the objective written out here
 (full fine-tuning and LoRA), the loss is log 2 while the policy equals the reference, winner and loser share noise and
@@ -28,6 +28,7 @@ FAMILIES = [
     ("sd3", "build_tiny_sd3_pipeline", {}, "StableDiffusion3Pipeline", "sd3"),
     ("flux-dev", "build_tiny_flux_pipeline", {"layout": "dev"}, "FluxPipeline", "flux"),
     ("flux-schnell", "build_tiny_flux_pipeline", {"layout": "schnell"}, "FluxPipeline", "flux"),
+    ("sana", "build_tiny_sana_pipeline", {}, "SanaPipeline", "sana"),
 ]
 CASES = [pytest.param(case, use_lora, id=f"{case[0]}-{'lora' if use_lora else 'full'}") for case in FAMILIES for use_lora in (False, True)]  # fmt: skip
 
@@ -81,7 +82,8 @@ def _changed(before, module):
 
 
 def _text(pipe, family, captions):
-    """Prompt conditioning as SD3 and Flux are trained, written out (not the pipeline's `encode_prompt`)."""
+    """Prompt conditioning as each family is trained, written out (not the pipeline's `encode_prompt`): the text
+    states and the second input (pooled projection, or Sana's attention mask)."""
 
     def ids(tokenizer, length):
         return tokenizer(captions, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
@@ -94,6 +96,11 @@ def _text(pipe, family, captions):
             t5 = pipe.text_encoder_3(ids(pipe.tokenizer_3, T5_LENGTH).input_ids)[0]
             clip = F.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))  # zero-padded to T5's width
             return torch.cat([clip, t5], dim=1), torch.cat([first.text_embeds, second.text_embeds], dim=-1)
+        if family == "sana":  # Gemma-2 states of the lower-cased caption, and their mask
+            pipe.tokenizer.padding_side = "right"
+            tokens = pipe.tokenizer([c.lower() for c in captions], padding="max_length", max_length=T5_LENGTH,
+                                    truncation=True, return_tensors="pt")  # fmt: skip
+            return pipe.text_encoder(tokens.input_ids, attention_mask=tokens.attention_mask)[0], tokens.attention_mask
         pooled = pipe.text_encoder(ids(pipe.tokenizer, 77).input_ids).pooler_output
         return pipe.text_encoder_2(ids(pipe.tokenizer_2, T5_LENGTH).input_ids)[0], pooled
 
@@ -103,6 +110,11 @@ def _velocity(family, transformer, noisy, sigmas, embeds, pooled):
     if family == "sd3":
         return transformer(
             hidden_states=noisy, timestep=1000 * sigmas, encoder_hidden_states=embeds, pooled_projections=pooled,
+            return_dict=False,
+        )[0]  # fmt: skip
+    if family == "sana":  # `pooled` is the text attention mask
+        return transformer(
+            noisy, encoder_hidden_states=embeds, encoder_attention_mask=pooled, timestep=1000 * sigmas,
             return_dict=False,
         )[0]  # fmt: skip
     n, c, h, w = noisy.shape  # Flux: 2 x 2 patches as tokens, positions (0, row, col), text positions 0
@@ -190,12 +202,13 @@ def test_one_sgd_step_is_minus_lr_times_the_gradient_and_saves_exactly(pipelines
     for values in (step.levels.timesteps, step.levels.sigmas):
         assert torch.equal(values[:2], values[2:]) and values[0] != values[1]
     assert torch.all((step.levels.sigmas > 0) & (step.levels.sigmas <= 1))
-    # the latents are the VAE's, shifted and scaled (up to the posterior's tiny std)
+    # the latents are the VAE's, shifted and scaled (up to the posterior's tiny std; Sana's DC-AE is deterministic)
     vae = trainer.pipeline.vae
     pixels = trainer.image_collator(list(trainer.train_dataset))["chosen_pixel_values"]
     with torch.no_grad():
-        mean = vae.encode(pixels).latent_dist.mean
-    expected = (mean - vae.config.shift_factor) * vae.config.scaling_factor
+        encoded = vae.encode(pixels)
+    mean = encoded.latent if family == "sana" else encoded.latent_dist.mean
+    expected = (mean - getattr(vae.config, "shift_factor", 0.0)) * vae.config.scaling_factor
     torch.testing.assert_close(step.latents[:2], expected, atol=0.05, rtol=0)
 
     # the loss with policy == reference is log 2
@@ -259,7 +272,7 @@ def test_resuming_gives_the_same_weights_as_an_uninterrupted_run(pipelines, tmp_
 @pytest.mark.parametrize(
     "case, scheme, flow_shift",
     [("sd3", "logit_normal", None), ("sd3", "mode", 2.0), ("sd3", "sigma_sqrt", None), ("flux-dev", "logit_normal", None),
-     ("flux-schnell", "cosmap", None)],
+     ("flux-schnell", "cosmap", None), ("sana", "logit_normal", None)],
 )  # fmt: skip
 def test_noise_levels_follow_diffusers_densities_and_each_familys_shift(pipelines, tmp_path, case, scheme, flow_shift):
     from diffusers.training_utils import compute_density_for_timestep_sampling
@@ -279,8 +292,8 @@ def test_noise_levels_follow_diffusers_densities_and_each_familys_shift(pipeline
     )
     if flow_shift is not None:
         shift = flow_shift
-    elif case == "sd3":
-        shift = 3.0  # the scheduler's static shift
+    elif case in ("sd3", "sana"):
+        shift = 3.0  # the scheduler's static shift (Sana: its `flow_shift`)
     elif case == "flux-dev":  # resolution-dependent: mu linear in the packed sequence length, (16/2)^2 = 64 tokens
         slope = (1.15 - 0.5) / (256 - 16)
         shift = math.exp(slope * 64 + 0.5 - slope * 16)
@@ -288,7 +301,7 @@ def test_noise_levels_follow_diffusers_densities_and_each_familys_shift(pipeline
         shift = 1.0
     expected = (shift * u / (1 + (shift - 1) * u)).clamp(1e-3, 1)
     torch.testing.assert_close(levels.sigmas, expected)
-    torch.testing.assert_close(levels.timesteps, expected * (1000 if case == "sd3" else 1))
+    torch.testing.assert_close(levels.timesteps, expected * (1 if case.startswith("flux") else 1000))
     weights = {"sigma_sqrt": expected**-2.0, "cosmap": 2 / (math.pi * (1 - 2 * expected + 2 * expected**2))}
     torch.testing.assert_close(levels.weights, weights.get(scheme, torch.ones(512)))
 

@@ -73,12 +73,15 @@ def test_tiny_tokenizer_and_v_prediction(tmp_path):
         build_tiny_diffusion_pipeline(tmp_path / "bad", prediction_type="flow")
 
 
-@pytest.mark.parametrize("layout", ["sd3", "flux-dev", "flux-schnell"])
+@pytest.mark.parametrize("layout", ["sd3", "flux-dev", "flux-schnell", "sana"])
 def test_tiny_flow_matching_pipelines_load_and_generate(tmp_path, layout):
     from transformers import T5Tokenizer
 
-    from trl_extras.testing import build_tiny_flux_pipeline, build_tiny_sd3_pipeline
+    from trl_extras.testing import build_tiny_flux_pipeline, build_tiny_sana_pipeline, build_tiny_sd3_pipeline
 
+    if layout == "sana":
+        _check_tiny_sana(build_tiny_sana_pipeline(tmp_path))
+        return
     if layout == "sd3":
         path = build_tiny_sd3_pipeline(tmp_path)
     else:
@@ -110,3 +113,22 @@ def test_tiny_flow_matching_pipelines_load_and_generate(tmp_path, layout):
         assert pipe.scheduler.config.use_dynamic_shifting == (layout == "flux-dev")
     with pytest.raises(ValueError, match="layout"):
         build_tiny_flux_pipeline(tmp_path / "bad", layout="pro")
+
+
+def _check_tiny_sana(path):
+    from transformers import GemmaTokenizer
+
+    pipe = diffusers.DiffusionPipeline.from_pretrained(path)
+    assert type(pipe) is diffusers.SanaPipeline and type(pipe.vae) is diffusers.AutoencoderDC
+    assert type(pipe.text_encoder).__name__ == "Gemma2Model" and isinstance(pipe.tokenizer, GemmaTokenizer)
+    assert pipe.scheduler.config.flow_shift == 3.0 and pipe.scheduler.config.prediction_type == "flow_prediction"
+    image = pipe(
+        "a red square", num_inference_steps=2, height=32, width=32, max_sequence_length=8,
+        generator=torch.Generator().manual_seed(0),
+    ).images[0]  # fmt: skip
+    assert image.size == (32, 32)
+    tokens = pipe.tokenizer.convert_ids_to_tokens(pipe.tokenizer("A red square, 2x!").input_ids)
+    assert "\u2581red" in tokens and "\u2581square" in tokens and "<unk>" not in tokens
+    with torch.no_grad():  # unit-variance scaled latents, as the trained DC-AE's scaling_factor gives
+        latents = pipe.vae.encode(torch.rand(8, 3, 32, 32) * 2 - 1).latent * pipe.vae.config.scaling_factor
+    assert latents.shape == (8, 4, 16, 16) and 0.5 < latents.std() < 2

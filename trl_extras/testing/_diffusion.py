@@ -1,4 +1,4 @@
-"""Tiny text-to-image pipelines (Stable Diffusion 1.x, SDXL, Stable Diffusion 3, Flux), built offline.
+"""Tiny text-to-image pipelines (Stable Diffusion 1.x, SDXL, Stable Diffusion 3, Flux, Sana), built offline.
 
 Example:
 
@@ -22,7 +22,8 @@ cross-attention input, and a UNet with ``addition_embed_type="text_time"`` (size
 way: ``SD3Transformer2DModel`` with two ``CLIPTextModelWithProjection`` encoders and a ``T5EncoderModel``, or
 ``FluxTransformer2DModel`` (packed 2 x 2 latent patches, optional guidance embedding) with a ``CLIPTextModel`` and a
 ``T5EncoderModel``; both with a ``FlowMatchEulerDiscreteScheduler`` and a T5 tokenizer whose unigram vocabulary is made
-here.
+here. ``build_tiny_sana_pipeline``: ``SanaTransformer2DModel`` with a ``Gemma2Model`` text encoder (a BPE
+``GemmaTokenizer`` made here) and a deterministic ``AutoencoderDC`` (DC-AE).
 """
 
 from __future__ import annotations
@@ -31,7 +32,12 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["build_tiny_diffusion_pipeline", "build_tiny_flux_pipeline", "build_tiny_sd3_pipeline"]
+__all__ = [
+    "build_tiny_diffusion_pipeline",
+    "build_tiny_flux_pipeline",
+    "build_tiny_sana_pipeline",
+    "build_tiny_sd3_pipeline",
+]
 
 #: Image side length of the tiny pipeline, in pixels (latents are 16 x 16).
 TINY_RESOLUTION = 32
@@ -387,6 +393,80 @@ def build_tiny_flux_pipeline(directory: str | os.PathLike, seed: int = 0, layout
         text_encoder_2=text_encoder_2,
         tokenizer_2=tokenizer_2,
         transformer=transformer,
+    )
+    pipeline.save_pretrained(directory)
+    return str(directory)
+
+
+def _tiny_gemma_tokenizer(model_max_length: int = 64):
+    """A ``GemmaTokenizer`` (BPE, SentencePiece-style word marker) at toy size: ``<pad>`` 0, ``<eos>`` 1, ``<bos>``
+    2, ``<unk>`` 3, ``<mask>`` 4, printable ASCII characters, and merges that make a few whole words one token."""
+    import string
+
+    from transformers import GemmaTokenizer
+
+    words = ["a", "red", "blue", "square", "photo", "of", "the", "circle", "green"]
+    tokens = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "\u2581", *string.ascii_letters, *string.digits]
+    tokens += list(string.punctuation)
+    merges = []
+    for word in words:  # "\u2581" + "r" -> "\u2581r", "\u2581r" + "e" -> ..., one token per listed word
+        piece = "\u2581"
+        for letter in word:
+            if (piece, letter) not in merges:
+                merges.append((piece, letter))
+            piece += letter
+            if piece not in tokens:
+                tokens.append(piece)
+    vocab = {token: index for index, token in enumerate(tokens)}
+    return GemmaTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+
+
+def build_tiny_sana_pipeline(directory: str | os.PathLike, seed: int = 0) -> str:
+    """Build a tiny seeded ``SanaPipeline``, save it to ``directory`` and return the path.
+
+    Components as Sana: a ``SanaTransformer2DModel`` (2 blocks of linear self-attention and cross-attention, patch
+    size 1, 4 latent channels) whose cross-attention reads the hidden states of a ``Gemma2Model`` (width 32, 2 layers)
+    under their attention mask, a deterministic ``AutoencoderDC`` (32 px <-> 4 x 16 x 16, ``scaling_factor`` set so
+    latents of random images have unit variance), and a ``DPMSolverMultistepScheduler`` on flow sigmas with
+    ``flow_shift=3.0`` (``prediction_type="flow_prediction"``). Images are 32 x 32 pixels.
+    """
+    import torch
+    from diffusers import AutoencoderDC, DPMSolverMultistepScheduler, SanaPipeline, SanaTransformer2DModel
+    from transformers import Gemma2Config, Gemma2Model
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    tokenizer = _tiny_gemma_tokenizer()
+    text_encoder = Gemma2Model(
+        Gemma2Config(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+        )
+    )  # fmt: skip
+    transformer = SanaTransformer2DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=2,
+        num_cross_attention_heads=2, cross_attention_head_dim=8, cross_attention_dim=16, caption_channels=32,
+        sample_size=TINY_RESOLUTION // 2, patch_size=1,
+    )  # fmt: skip
+    vae = AutoencoderDC(
+        in_channels=3, latent_channels=4, attention_head_dim=2,
+        encoder_block_types=("ResBlock", "EfficientViTBlock"), decoder_block_types=("ResBlock", "EfficientViTBlock"),
+        encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8),
+        encoder_qkv_multiscales=((), (5,)), decoder_qkv_multiscales=((), (5,)),
+        encoder_layers_per_block=(1, 1), decoder_layers_per_block=(1, 1),
+        downsample_block_type="conv", upsample_block_type="interpolate",
+    )  # fmt: skip
+    with torch.no_grad():
+        colours = torch.rand(16, 3, 1, 1).expand(16, 3, TINY_RESOLUTION, TINY_RESOLUTION)
+        probe = torch.cat([colours, torch.rand(16, 3, TINY_RESOLUTION, TINY_RESOLUTION)]) * 2 - 1
+        latents = vae.encode(probe).latent
+    vae.register_to_config(scaling_factor=round(1.0 / latents.std().item(), 5))
+    scheduler = DPMSolverMultistepScheduler(flow_shift=3.0, use_flow_sigmas=True, prediction_type="flow_prediction")
+    pipeline = SanaPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler
     )
     pipeline.save_pretrained(directory)
     return str(directory)

@@ -38,6 +38,7 @@ _CACHED_COLUMNS = [
     "pooled_prompt_embeds",
     "chosen_time_ids",
     "rejected_time_ids",
+    "prompt_attention_mask",
 ]
 
 
@@ -323,9 +324,11 @@ class DiffusionDPOTrainer(_BaseTrainer):
     def encode_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Collator output -> what the denoising step needs (and what ``cache_latents`` stores), per pair:
 
-        - ``{side}_latent_dist``: ``(B, 2C, h, w)`` the VAE posterior's mean and log-variance (unscaled);
+        - ``{side}_latent_dist``: ``(B, 2C, h, w)`` the VAE posterior's mean and log-variance (unscaled), or Sana's
+          deterministic DC-AE latent ``(B, C, h, w)`` (`DiffusionFamily.encode_images`);
         - the family's text conditioning (`DiffusionFamily.encode_conditioning`): ``prompt_embeds`` ``(B, L, D)``;
-          SDXL, SD3 and Flux also ``pooled_prompt_embeds`` ``(B, D2)``; SDXL ``{side}_time_ids`` ``(B, 6)``.
+          SDXL, SD3 and Flux also ``pooled_prompt_embeds`` ``(B, D2)``; SDXL ``{side}_time_ids`` ``(B, 6)``; Sana
+          ``prompt_attention_mask`` ``(B, L)``.
         """
         pipeline, device = self.pipeline, self.accelerator.device
         sides = self._sides()
@@ -333,7 +336,7 @@ class DiffusionDPOTrainer(_BaseTrainer):
         with self.accelerator.autocast():
             for side in sides:
                 pixels = batch[f"{side}_pixel_values"].to(device, dtype=pipeline.vae.dtype)
-                encoded[f"{side}_latent_dist"] = pipeline.vae.encode(pixels).latent_dist.parameters.float()
+                encoded[f"{side}_latent_dist"] = self.family.encode_images(pixels)
             encoded.update(self.family.encode_conditioning(batch, sides, self.resolution, device))
         return encoded
 
@@ -359,17 +362,6 @@ class DiffusionDPOTrainer(_BaseTrainer):
             desc=f"Caching VAE latents and text embeddings ({name})",
         ).with_format("torch")
 
-    def _sample_latents(self, latent_dist: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """Draw a latent from the VAE posterior parameters and shift/scale it as the denoiser expects. ``(B, 2C, h, w) ->
-        (B, C, h, w)``"""
-        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
-
-        config = self.pipeline.vae.config
-        latents = DiagonalGaussianDistribution(latent_dist.float()).sample(generator=generator)
-        if getattr(config, "shift_factor", None) is not None:
-            latents = latents - config.shift_factor
-        return latents * config.scaling_factor
-
     def _draw(self, sample, shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
         """``sample(shape)`` for this process. transformers seeds every process alike, so all processes draw one
         block for all of them (their RNG streams stay in step) and each keeps its own slice: no two processes share
@@ -386,7 +378,7 @@ class DiffusionDPOTrainer(_BaseTrainer):
         the VAE posteriors, one noise and one noise level per pair shared by both of its images, the noised latents
         and the target (by the family's adapter)."""
         sides = self._sides()
-        latents = torch.cat([self._sample_latents(inputs[f"{side}_latent_dist"], generator) for side in sides])
+        latents = torch.cat([self.family.sample_latents(inputs[f"{side}_latent_dist"], generator) for side in sides])
         num_pairs = inputs["prompt_embeds"].shape[0]
         noise = self._draw(torch.randn, latents[:num_pairs].shape, generator).repeat(len(sides), 1, 1, 1)
         draw = partial_draw(self._draw, generator)

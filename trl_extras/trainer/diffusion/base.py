@@ -101,6 +101,22 @@ class DiffusionFamily:
             loss_type=self.args.loss_type,
         )
 
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels ``(B, 3, H, W)`` in ``[-1, 1]`` -> what `sample_latents` draws from (and `cache_latents` stores):
+        the ``AutoencoderKL`` posterior's mean and log-variance ``(B, 2C, h, w)``, unscaled."""
+        return self.pipeline.vae.encode(pixels).latent_dist.parameters.float()
+
+    def sample_latents(self, encoded: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """A latent from `encode_images`' output, shifted and scaled as the denoiser expects: ``(z - shift_factor) *
+        scaling_factor`` with ``z`` drawn from the posterior. ``(B, 2C, h, w) -> (B, C, h, w)``"""
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        config = self.pipeline.vae.config
+        latents = DiagonalGaussianDistribution(encoded.float()).sample(generator=generator)
+        if getattr(config, "shift_factor", None) is not None:
+            latents = latents - config.shift_factor
+        return latents * config.scaling_factor
+
     def encode_conditioning(
         self, batch: dict[str, Any], sides: tuple[str, ...], resolution: int, device: torch.device
     ) -> dict[str, torch.Tensor]:

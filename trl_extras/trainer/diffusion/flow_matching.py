@@ -1,4 +1,4 @@
-"""Flow-matching diffusion transformers: Stable Diffusion 3/3.5 and Flux.1 (dev and schnell layouts)."""
+"""Flow-matching diffusion transformers: Stable Diffusion 3/3.5, Flux.1 (dev and schnell layouts) and Sana."""
 
 from __future__ import annotations
 
@@ -9,13 +9,17 @@ import torch
 from ...losses.diffusion_dpo import flow_matching_noisy_latents, flow_matching_target, shift_sigmas
 from .base import DiffusionFamily, NoiseLevels
 
-__all__ = ["DEFAULT_TRANSFORMER_LORA_TARGETS", "FluxFamily", "SD3Family"]
+__all__ = ["DEFAULT_SANA_LORA_TARGETS", "DEFAULT_TRANSFORMER_LORA_TARGETS", "FluxFamily", "SD3Family", "SanaFamily"]
 
 #: LoRA targets when ``peft_config.target_modules`` is None: the image and text attention projections of the joint
 #: (MM-DiT) blocks, as diffusers' SD3 and Flux LoRA scripts.
 DEFAULT_TRANSFORMER_LORA_TARGETS = [
     "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
 ]  # fmt: skip
+
+
+#: Sana's linear self-attention and cross-attention projections (diffusers' Sana LoRA script's targets).
+DEFAULT_SANA_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
 class FlowMatchingFamily(DiffusionFamily):
@@ -188,3 +192,52 @@ class FluxFamily(FlowMatchingFamily):
         )[0]
         scale = self.pipeline.vae_scale_factor
         return FluxPipeline._unpack_latents(prediction, height * scale, width * scale, scale)
+
+
+class SanaFamily(FlowMatchingFamily):
+    """Sana: `SanaTransformer2DModel` (linear attention, patch size 1) on the deterministic DC-AE latents
+    (``latent * scaling_factor``, no sampling); prompts through the pipeline's `encode_prompt` (Gemma-2 hidden
+    states and their attention mask, which the transformer's cross-attention takes; no complex human instruction,
+    as diffusers' Sana LoRA script trains); ``timestep = 1000 sigma * timestep_scale``; the scheduler's
+    ``flow_shift`` (Sana 1024 px: 3.0)."""
+
+    name = "sana"
+    default_lora_targets = DEFAULT_SANA_LORA_TARGETS
+
+    @classmethod
+    def matches(cls, pipeline) -> bool:
+        transformer = getattr(pipeline, "transformer", None)
+        return type(transformer).__name__ == "SanaTransformer2DModel"
+
+    def default_resolution(self) -> int:
+        return self.pipeline.transformer.config.sample_size * self.pipeline.vae_scale_factor
+
+    def resolution_multiple(self) -> int:
+        return self.pipeline.vae_scale_factor * self.pipeline.transformer.config.patch_size
+
+    def default_shift(self, latent_shape):
+        return float(self.scheduler_config.get("flow_shift", None) or 1.0)
+
+    def encode_images(self, pixels):
+        return self.pipeline.vae.encode(pixels).latent.float()
+
+    def sample_latents(self, encoded, generator):
+        return encoded.float() * self.pipeline.vae.config.scaling_factor
+
+    def timesteps_for(self, sigmas):
+        return super().timesteps_for(sigmas) * self.pipeline.transformer.config.timestep_scale
+
+    def encode_conditioning(self, batch, sides, resolution, device):
+        prompt_embeds, mask, _, _ = self.pipeline.encode_prompt(
+            list(batch["caption"]), do_classifier_free_guidance=False, device=device, **self.sample_kwargs()
+        )
+        return {"prompt_embeds": prompt_embeds.float(), "prompt_attention_mask": mask}
+
+    def predict(self, model, noisy_latents, levels, inputs, sides):
+        return model(
+            noisy_latents,
+            encoder_hidden_states=inputs["prompt_embeds"].repeat(len(sides), 1, 1),
+            encoder_attention_mask=inputs["prompt_attention_mask"].repeat(len(sides), 1),
+            timestep=levels.timesteps,
+            return_dict=False,
+        )[0]
