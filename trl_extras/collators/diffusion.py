@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["DiffusionPreferenceCollator", "preprocess_image"]
+__all__ = ["DiffusionPreferenceCollator", "DiffusionPromptCollator", "preprocess_image"]
 
 
 def preprocess_image(
@@ -140,3 +140,30 @@ class DiffusionPreferenceCollator:
             truncation=True,
             return_tensors="pt",
         ).input_ids
+
+
+@dataclass
+class DiffusionPromptCollator:
+    """Collate prompt rows for online Diffusion-DPO (the trainer samples and scores the images itself).
+
+    Each row has a ``prompt`` (as TRL's GRPO datasets) or ``caption`` string; every other column is kept, as a list
+    per column under ``reward_kwargs``, for the reward functions (GRPO passes dataset columns the same way).
+
+    Returns ``{"caption": [B strings], "reward_kwargs": {column: [B values]}}``.
+    """
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        captions, extra = [], {}
+        for index, feature in enumerate(features):
+            key = "prompt" if "prompt" in feature else "caption"
+            caption = feature.get(key)
+            if not isinstance(caption, str):
+                raise TypeError(
+                    f"Batch row {index}: online Diffusion-DPO needs a string column 'prompt' (or 'caption'), got "
+                    f"{type(caption).__name__} under {key!r}."
+                )
+            captions.append(caption)
+            for column, value in feature.items():
+                if column not in ("prompt", "caption"):
+                    extra.setdefault(column, []).append(value)
+        return {"caption": captions, "reward_kwargs": extra}

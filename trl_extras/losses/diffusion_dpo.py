@@ -51,6 +51,7 @@ __all__ = [
     "diffusion_sft_loss",
     "flow_matching_noisy_latents",
     "flow_matching_target",
+    "best_and_worst",
     "implicit_accuracy",
     "shift_sigmas",
 ]
@@ -137,3 +138,12 @@ def implicit_accuracy(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tens
     """
     margins = chosen_rewards - rejected_rewards
     return (margins > 0).float() + 0.5 * (margins == 0).float()
+
+
+def best_and_worst(rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Online pairs: per prompt, the index of the highest- and of the lowest-reward sample. ``(P, K) -> (P,), (P,)``
+
+    The first of equal rewards wins both, so a prompt whose ``K`` samples all score the same gives a pair of one image
+    with itself: margin 0 and no gradient, rather than an arbitrary preference.
+    """
+    return rewards.argmax(dim=1), rewards.argmin(dim=1)

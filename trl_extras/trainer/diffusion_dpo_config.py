@@ -29,6 +29,8 @@ class DiffusionDPOConfig(_BaseConfig):
     > Diffusion-DPO objective: `beta`, `loss_type`, `prediction_type`
     > Flow matching (SD3, Flux): `weighting_scheme`, `logit_mean`, `logit_std`, `mode_scale`, `flow_shift`,
     > `guidance_scale`, `max_sequence_length`
+    > Online pairs (with `reward_funcs`): `num_generations`, `generation_num_inference_steps`,
+    > `generation_guidance_scale`, `generate_with`, `reward_weights`
     > Images: `resolution`, `center_crop`, `random_flip`, `cache_latents`, `ties`, `allow_size_mismatch`
     > Model loading: `model_init_kwargs`
     > Sample images during training: `sample_prompts`, `sample_steps`, `sample_num_inference_steps`,
@@ -108,6 +110,34 @@ class DiffusionDPOConfig(_BaseConfig):
             "help": "T5 prompt length for SD3 and Flux (prompts are padded/truncated to it). None: the pipeline's "
             "default (SD3: 256, Flux: 512; Flux.1-schnell was trained with 256)."
         },
+    )
+
+    # Online pairs
+    num_generations: int = field(
+        default=4,
+        metadata={
+            "help": "Online mode (the trainer was given `reward_funcs`): images sampled per prompt (K >= 2); the "
+            "highest- and lowest-reward ones form the pair the step trains on."
+        },
+    )
+    generation_num_inference_steps: int = field(
+        default=20, metadata={"help": "Online mode: denoising steps of each sampled image."}
+    )
+    generation_guidance_scale: float | None = field(
+        default=None,
+        metadata={"help": "Online mode: classifier-free guidance scale for sampling. None: the pipeline's default."},
+    )
+    generate_with: str = field(
+        default="policy",
+        metadata={
+            "help": "Online mode: sample with the model being trained ('policy', on-policy) or with the reference "
+            "('reference': the initial weights, so the pairs do not drift with training).",
+            "choices": ["policy", "reference"],
+        },
+    )
+    reward_weights: list[float] | None = field(
+        default=None,
+        metadata={"help": "Online mode: weight of each reward function in the summed reward. None: all 1."},
     )
 
     # Images
@@ -205,6 +235,20 @@ class DiffusionDPOConfig(_BaseConfig):
             raise ValueError(
                 f"DiffusionDPOConfig.max_sequence_length must be None or a positive integer, got "
                 f"{self.max_sequence_length}."
+            )
+        if self.num_generations < 2:
+            raise ValueError(
+                f"DiffusionDPOConfig.num_generations must be >= 2 (a best and a worst image per prompt), got "
+                f"{self.num_generations}."
+            )
+        if self.generation_num_inference_steps <= 0:
+            raise ValueError(
+                "DiffusionDPOConfig.generation_num_inference_steps must be a positive integer, got "
+                f"{self.generation_num_inference_steps}."
+            )
+        if self.generate_with not in ("policy", "reference"):
+            raise ValueError(
+                f"DiffusionDPOConfig.generate_with must be 'policy' or 'reference', got {self.generate_with!r}."
             )
         if self.ties not in ("drop", "raise"):
             raise ValueError(f"DiffusionDPOConfig.ties must be 'drop' or 'raise', got {self.ties!r}.")

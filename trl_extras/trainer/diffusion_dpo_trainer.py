@@ -7,8 +7,9 @@ import copy
 import os
 import textwrap
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -16,8 +17,14 @@ from transformers import TrainerCallback, default_data_collator
 from transformers.trainer import TRAINING_ARGS_NAME
 from trl.trainer.base_trainer import _BaseTrainer
 
-from ..collators.diffusion import DiffusionPreferenceCollator
-from ..losses.diffusion_dpo import denoising_errors, diffusion_dpo_loss, diffusion_sft_loss, implicit_accuracy
+from ..collators.diffusion import DiffusionPreferenceCollator, DiffusionPromptCollator
+from ..losses.diffusion_dpo import (
+    best_and_worst,
+    denoising_errors,
+    diffusion_dpo_loss,
+    diffusion_sft_loss,
+    implicit_accuracy,
+)
 from .diffusion import DEFAULT_UNET_LORA_TARGETS, DiffusionFamily, NoiseLevels, family_for
 from .diffusion_dpo_config import DiffusionDPOConfig
 
@@ -152,6 +159,7 @@ class DiffusionDPOTrainer(_BaseTrainer):
         optimizers: tuple = (None, None),
         peft_config: LoraConfig | None = None,
         quantization_config: Any = None,
+        reward_funcs: Callable | list[Callable] | None = None,
     ):
         """
         Args:
@@ -167,6 +175,10 @@ class DiffusionDPOTrainer(_BaseTrainer):
             quantization_config: QLoRA: a `diffusers.BitsAndBytesConfig` (with `peft_config`) or a
                 `trl_extras.QLoRAConfig` (which also gives the LoRA settings), used to load the UNet in 4 bit when
                 `model` is a path. diffusers' bitsandbytes loader needs a CUDA GPU.
+            reward_funcs: online pairs: one or more functions with TRL's GRPO reward signature,
+                ``f(prompts: list[str], completions: list[PIL.Image], **columns) -> list[float]``. The datasets then
+                hold prompts (a ``prompt`` or ``caption`` column); each step samples `args.num_generations` images
+                per prompt, scores them (weighted by `args.reward_weights`) and trains on the best versus the worst.
         """
         if args is None:
             name = model if isinstance(model, str) else "pipeline"
@@ -174,12 +186,19 @@ class DiffusionDPOTrainer(_BaseTrainer):
         if train_dataset is None:
             raise ValueError("DiffusionDPOTrainer needs a `train_dataset`.")
 
+        if reward_funcs is not None and not isinstance(reward_funcs, (list, tuple)):
+            reward_funcs = [reward_funcs]
+        self.reward_funcs = list(reward_funcs or [])
+        self.online = bool(self.reward_funcs)
+        if self.online:
+            _check_online(self.reward_funcs, args)
         # Data first: a bad row fails before any model is loaded.
-        train_dataset = _validate(train_dataset, args)
+        check = partial(_validate_prompts if self.online else _validate, args=args)
+        train_dataset = check(train_dataset)
         if isinstance(eval_dataset, dict):
-            eval_dataset = {key: _validate(value, args) for key, value in eval_dataset.items()}
+            eval_dataset = {key: check(value) for key, value in eval_dataset.items()}
         elif eval_dataset is not None:
-            eval_dataset = _validate(eval_dataset, args)
+            eval_dataset = check(eval_dataset)
 
         peft_config, quantization_config = _resolve_qlora(peft_config, quantization_config)
         pipeline = _load_pipeline(model, args, quantization_config)
@@ -230,9 +249,11 @@ class DiffusionDPOTrainer(_BaseTrainer):
                 f"pipeline (the VAE's downsampling factor times the {kind}'s patch size), got {self.resolution}."
             )
 
+        self.image_collator = self.family.make_collator(self.resolution)
         if data_collator is None:
-            data_collator = self.family.make_collator(self.resolution)
-        self.image_collator = data_collator
+            data_collator = DiffusionPromptCollator() if self.online else self.image_collator
+        elif not self.online:
+            self.image_collator = data_collator
 
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._eval_generator: torch.Generator | None = None
@@ -271,7 +292,7 @@ class DiffusionDPOTrainer(_BaseTrainer):
             else:
                 _move(self.ref_model, device, dtype)
 
-        if args.cache_latents:
+        if args.cache_latents and not self.online:
             self.train_dataset = self._cache_dataset(self.train_dataset, "train")
             if isinstance(self.eval_dataset, dict):
                 self.eval_dataset = {k: self._cache_dataset(v, f"eval {k}") for k, v in self.eval_dataset.items()}
@@ -378,7 +399,7 @@ class DiffusionDPOTrainer(_BaseTrainer):
         the VAE posteriors, one noise and one noise level per pair shared by both of its images, the noised latents
         and the target (by the family's adapter)."""
         sides = self._sides()
-        latents = torch.cat([self.family.sample_latents(inputs[f"{side}_latent_dist"], generator) for side in sides])
+        latents = torch.cat([self._latents(inputs, side, generator) for side in sides])
         num_pairs = inputs["prompt_embeds"].shape[0]
         noise = self._draw(torch.randn, latents[:num_pairs].shape, generator).repeat(len(sides), 1, 1, 1)
         draw = partial_draw(self._draw, generator)
@@ -391,11 +412,96 @@ class DiffusionDPOTrainer(_BaseTrainer):
             target=self.family.target(latents, noise, levels),
         )
 
+    def _latents(self, inputs, side: str, generator) -> torch.Tensor:
+        if f"{side}_latents" in inputs:  # online pairs: the sampled latents themselves
+            return inputs[f"{side}_latents"]
+        return self.family.sample_latents(inputs[f"{side}_latent_dist"], generator)
+
+    # ------------------------------------------------------------------ online pairs
+
+    @contextlib.contextmanager
+    def _sampling_denoiser(self) -> Iterator[None]:
+        """The pipeline's denoiser, in eval mode, set to the policy or (``generate_with="reference"``) the reference."""
+        denoiser = self.accelerator.unwrap_model(self.model)
+        was_training, name = denoiser.training, self.family.denoiser_name
+        denoiser.eval()
+        try:
+            if self.args.generate_with == "policy":
+                yield
+            elif self.ref_model is None:
+                with self._reference(self.model):
+                    yield
+            else:
+                setattr(self.pipeline, name, self.ref_model)
+                try:
+                    yield
+                finally:
+                    setattr(self.pipeline, name, denoiser)
+        finally:
+            denoiser.train(was_training)
+
+    @torch.no_grad()
+    def online_pairs(
+        self, inputs: dict[str, Any], generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Prompts -> a batch of best-versus-worst pairs: sample ``K = args.num_generations`` images per prompt,
+        score them with the reward functions, keep the highest- and lowest-reward latents of each prompt. Returns
+        what `encode_batch` does, with ``chosen_latents``/``rejected_latents`` ``(P, C, h, w)`` (the sampled latents
+        themselves, so no VAE round trip) in place of the latent distributions."""
+        prompts, extra = list(inputs["caption"]), dict(inputs.get("reward_kwargs") or {})
+        args, mode = self.args, "train" if self.model.training else "eval"
+        k = args.num_generations
+        kwargs = dict(self.family.sample_kwargs())
+        if args.generation_guidance_scale is not None:
+            kwargs["guidance_scale"] = args.generation_guidance_scale
+        self.pipeline.set_progress_bar_config(disable=True)
+        with self._sampling_denoiser(), self.accelerator.autocast():
+            output = self.pipeline(
+                prompts, num_images_per_prompt=k, num_inference_steps=args.generation_num_inference_steps,
+                height=self.resolution, width=self.resolution, generator=generator, output_type="latent", **kwargs,
+            ).images  # fmt: skip
+            latents = self.family.generated_latents(output, self.resolution).float()  # (P * K, C, h, w)
+            images = self.family.decode_latents(latents)
+        repeated = [prompt for prompt in prompts for _ in range(k)]
+        columns = {key: [value for value in values for _ in range(k)] for key, values in extra.items()}
+        per_function = []
+        for function in self.reward_funcs:
+            scores = function(prompts=repeated, completions=images, trainer_state=self.state, **columns)
+            per_function.append(torch.tensor([float("nan") if x is None else x for x in scores], dtype=torch.float32))
+        weights = torch.tensor(args.reward_weights or [1.0] * len(per_function))
+        stacked = torch.stack(per_function, dim=1)  # (P * K, number of reward functions)
+        rewards = (stacked * weights).nansum(dim=1).view(len(prompts), k)
+        best, worst = best_and_worst(rewards)
+        rows = torch.arange(len(prompts))
+        latents = latents.view(len(prompts), k, *latents.shape[1:]).to(self.accelerator.device)
+        encoded = {"chosen_latents": latents[rows, best], "rejected_latents": latents[rows, worst]}
+        with self.accelerator.autocast():
+            encoded.update(
+                self.family.encode_conditioning(
+                    {"caption": prompts}, self._sides(), self.resolution, self.accelerator.device
+                )
+            )
+        metrics = {
+            "online/chosen_reward": rewards[rows, best],
+            "online/rejected_reward": rewards[rows, worst],
+            "online/reward_mean": rewards.mean(dim=1),
+            "online/reward_std": rewards.std(dim=1),
+        }
+        for function, scores in zip(self.reward_funcs, per_function):
+            metrics[f"online/rewards/{getattr(function, '__name__', type(function).__name__)}"] = scores
+        for key, value in metrics.items():
+            self._metrics[mode][key].append(
+                self.accelerator.gather(value.to(self.accelerator.device)).nanmean().item()
+            )
+        return encoded
+
+    # ------------------------------------------------------------------ loss
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if "prompt_embeds" not in inputs:  # raw images; with `cache_latents` the dataset already holds these
-            inputs = self.encode_batch(inputs)
         mode = "train" if self.model.training else "eval"
         generator = None if mode == "train" else self._eval_generator
+        if "prompt_embeds" not in inputs:  # raw images or prompts; with `cache_latents` the dataset holds these
+            inputs = self.online_pairs(inputs, generator) if self.online else self.encode_batch(inputs)
         sides = self._sides()
         step = self.noised_latents(inputs, generator)
         model_pred = self.family.predict(model, step.noisy_latents, step.levels, inputs, sides)
@@ -459,7 +565,10 @@ class DiffusionDPOTrainer(_BaseTrainer):
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
-            self._signature_columns = _DATA_COLUMNS + _CACHED_COLUMNS
+            if self.online:  # every column reaches the reward functions, as in GRPO
+                self._signature_columns = list(self.train_dataset.column_names or [])
+            else:
+                self._signature_columns = _DATA_COLUMNS + _CACHED_COLUMNS
 
     def _send_telemetry(self):
         return
@@ -670,6 +779,33 @@ def _validate(dataset, args: DiffusionDPOConfig):
     return validate_image_pair_dataset(
         dataset, ties=args.ties, on_invalid="raise", allow_size_mismatch=args.allow_size_mismatch
     )
+
+
+def _check_online(reward_funcs: list, args: DiffusionDPOConfig) -> None:
+    for index, function in enumerate(reward_funcs):
+        if not callable(function):
+            raise TypeError(
+                f"reward_funcs[{index}] must be a callable f(prompts, completions, **kwargs) -> list[float] (TRL's GRPO "
+                f"reward signature over PIL images), got {type(function).__name__}."
+            )
+    if args.reward_weights is not None and len(args.reward_weights) != len(reward_funcs):
+        raise ValueError(
+            f"DiffusionDPOConfig.reward_weights has {len(args.reward_weights)} weights for {len(reward_funcs)} "
+            "reward functions: give one per function."
+        )
+    if args.loss_type == "sft":
+        raise ValueError("Online pairs (`reward_funcs`) train Diffusion-DPO; loss_type='sft' has no rejected image.")
+
+
+def _validate_prompts(dataset, args: DiffusionDPOConfig):
+    """Online mode: a dataset of prompts, a string column ``prompt`` or ``caption``."""
+    columns = getattr(dataset, "column_names", None)
+    if columns is not None and not {"prompt", "caption"} & set(columns):
+        raise ValueError(
+            f"Online Diffusion-DPO (`reward_funcs` given) needs a dataset of prompts with a 'prompt' or 'caption' "
+            f"column; this one has {columns}."
+        )
+    return dataset
 
 
 def _load_lora_into(denoiser: torch.nn.Module, lora_file: str, prefix: str = "unet") -> None:

@@ -117,6 +117,19 @@ class DiffusionFamily:
             latents = latents - config.shift_factor
         return latents * config.scaling_factor
 
+    def generated_latents(self, output: torch.Tensor, resolution: int) -> torch.Tensor:
+        """The pipeline's ``output_type="latent"`` output -> latents ``(N, C, h, w)`` in the denoiser's space."""
+        return output
+
+    def decode_latents(self, latents: torch.Tensor) -> list:
+        """Latents in the denoiser's space ``(N, C, h, w)`` -> PIL images, as the pipeline decodes them."""
+        vae = self.pipeline.vae
+        latents = latents.to(vae.dtype) / vae.config.scaling_factor
+        if getattr(vae.config, "shift_factor", None) is not None:
+            latents = latents + vae.config.shift_factor
+        images = vae.decode(latents, return_dict=False)[0]
+        return self.pipeline.image_processor.postprocess(images, output_type="pil")
+
     def encode_conditioning(
         self, batch: dict[str, Any], sides: tuple[str, ...], resolution: int, device: torch.device
     ) -> dict[str, torch.Tensor]:

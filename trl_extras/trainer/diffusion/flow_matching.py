@@ -160,6 +160,11 @@ class FluxFamily(FlowMatchingFamily):
     def timesteps_for(self, sigmas):
         return sigmas  # FluxTransformer2DModel multiplies by 1000 itself
 
+    def generated_latents(self, output, resolution):
+        from diffusers import FluxPipeline
+
+        return FluxPipeline._unpack_latents(output, resolution, resolution, self.pipeline.vae_scale_factor)
+
     def encode_conditioning(self, batch, sides, resolution, device):
         captions = list(batch["caption"])
         prompt_embeds, pooled, _ = self.pipeline.encode_prompt(
