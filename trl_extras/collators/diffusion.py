@@ -149,10 +149,15 @@ class DiffusionPromptCollator:
     Each row has a ``prompt`` (as TRL's GRPO datasets) or ``caption`` string; every other column is kept, as a list
     per column under ``reward_kwargs``, for the reward functions (GRPO passes dataset columns the same way).
 
-    Returns ``{"caption": [B strings], "reward_kwargs": {column: [B values]}}``.
+    Returns ``{"caption": [B strings], "reward_kwargs": {column: [B values]}}``. With ``image_collator``, batches of
+    image pairs (rows with ``chosen``, e.g. a held-out evaluation set) go to it instead.
     """
 
+    image_collator: DiffusionPreferenceCollator | None = None
+
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        if self.image_collator is not None and features and "chosen" in features[0]:
+            return self.image_collator(features)
         captions, extra = [], {}
         for index, feature in enumerate(features):
             key = "prompt" if "prompt" in feature else "caption"

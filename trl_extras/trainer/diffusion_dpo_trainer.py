@@ -194,6 +194,13 @@ class DiffusionDPOTrainer(_BaseTrainer):
             _check_online(self.reward_funcs, args)
         # Data first: a bad row fails before any model is loaded.
         check = partial(_validate_prompts if self.online else _validate, args=args)
+        columns = set(getattr(train_dataset, "column_names", None) or [])
+        if self.online and {"chosen", "jpg_0"} & columns:
+            raise ValueError(
+                "`reward_funcs` given: online Diffusion-DPO samples its own images and trains on prompts, but the "
+                f"train dataset has image-pair columns {sorted(columns)}. Pass prompts only (e.g. "
+                "`dataset.select_columns(['caption'])`), or drop `reward_funcs` to train on these pairs."
+            )
         train_dataset = check(train_dataset)
         if isinstance(eval_dataset, dict):
             eval_dataset = {key: check(value) for key, value in eval_dataset.items()}
@@ -251,7 +258,7 @@ class DiffusionDPOTrainer(_BaseTrainer):
 
         self.image_collator = self.family.make_collator(self.resolution)
         if data_collator is None:
-            data_collator = DiffusionPromptCollator() if self.online else self.image_collator
+            data_collator = DiffusionPromptCollator(self.image_collator) if self.online else self.image_collator
         elif not self.online:
             self.image_collator = data_collator
 
@@ -501,7 +508,8 @@ class DiffusionDPOTrainer(_BaseTrainer):
         mode = "train" if self.model.training else "eval"
         generator = None if mode == "train" else self._eval_generator
         if "prompt_embeds" not in inputs:  # raw images or prompts; with `cache_latents` the dataset holds these
-            inputs = self.online_pairs(inputs, generator) if self.online else self.encode_batch(inputs)
+            is_prompts = "chosen_pixel_values" not in inputs  # online mode still evaluates on image pairs
+            inputs = self.online_pairs(inputs, generator) if is_prompts else self.encode_batch(inputs)
         sides = self._sides()
         step = self.noised_latents(inputs, generator)
         model_pred = self.family.predict(model, step.noisy_latents, step.levels, inputs, sides)
@@ -566,7 +574,7 @@ class DiffusionDPOTrainer(_BaseTrainer):
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
             if self.online:  # every column reaches the reward functions, as in GRPO
-                self._signature_columns = list(self.train_dataset.column_names or [])
+                self._signature_columns = list(self.train_dataset.column_names or []) + _DATA_COLUMNS
             else:
                 self._signature_columns = _DATA_COLUMNS + _CACHED_COLUMNS
 
@@ -798,8 +806,11 @@ def _check_online(reward_funcs: list, args: DiffusionDPOConfig) -> None:
 
 
 def _validate_prompts(dataset, args: DiffusionDPOConfig):
-    """Online mode: a dataset of prompts, a string column ``prompt`` or ``caption``."""
+    """Online mode: a dataset of prompts, a string column ``prompt`` or ``caption`` (or of image pairs, for
+    evaluation, checked as in offline mode)."""
     columns = getattr(dataset, "column_names", None)
+    if columns is not None and {"chosen", "jpg_0"} & set(columns):
+        return _validate(dataset, args)
     if columns is not None and not {"prompt", "caption"} & set(columns):
         raise ValueError(
             f"Online Diffusion-DPO (`reward_funcs` given) needs a dataset of prompts with a 'prompt' or 'caption' "
