@@ -80,16 +80,22 @@ class DiffusionDPOTrainer(_BaseTrainer):
     $$\mathcal{L} = -\log\sigma\Big(-\frac{\beta}{2}\big[(e_\theta^{w} - e_\text{ref}^{w}) - (e_\theta^{l} -
     e_\text{ref}^{l})\big]\Big), \qquad \beta = 5000 \text{ by default (the authors' } \beta_\text{dpo}).$$
 
-    The error is against $\epsilon$ for epsilon-prediction models and against the velocity
-    $\sqrt{\bar\alpha_t}\,\epsilon - \sqrt{1-\bar\alpha_t}\,x_0$ for v-prediction models. `loss_type="sft"` trains
-    the paper's SFT baseline, $e_\theta^{w}$ alone. See `trl_extras.losses.diffusion_dpo`.
+    The error is against $\epsilon$ for epsilon-prediction UNets, against the velocity
+    $\sqrt{\bar\alpha_t}\,\epsilon - \sqrt{1-\bar\alpha_t}\,x_0$ for v-prediction UNets, and, for the flow-matching
+    transformers, against $\epsilon - x_0$ at $x_\sigma = (1-\sigma)x_0 + \sigma\epsilon$ (times diffusers' SD3 loss
+    weighting). `loss_type="sft"` trains the paper's SFT baseline, $e_\theta^{w}$ alone. See
+    `trl_extras.losses.diffusion_dpo`.
 
-    Models: UNet pipelines that `DiffusionPipeline.from_pretrained` loads: Stable Diffusion 1.x/2.x (one CLIP text
-    encoder) and SDXL (two encoders, pooled embedding, size/crop micro-conditioning). Only the UNet trains; the VAE and
-    text encoder(s) are frozen. The reference is a frozen copy of the initial UNet for full fine-tuning, or, with
-    `peft_config` (LoRA) or `quantization_config` (QLoRA), the same UNet with its adapters disabled: no second copy.
-    Each step runs one UNet forward over the concatenated `[preferred; dispreferred]` batch with gradients, and one
-    for the reference under `torch.no_grad()`.
+    Models: pipelines that `DiffusionPipeline.from_pretrained` loads, each through a small family adapter
+    (`trl_extras.trainer.diffusion`): Stable Diffusion 1.x/2.x and SDXL (UNet, DDPM), SD3/SD3.5, Flux.1 (dev and
+    schnell) and Sana (diffusion transformers, flow matching). Only the denoiser trains; the VAE and text encoder(s)
+    are frozen. The reference is a frozen copy of the initial denoiser for full fine-tuning, or, with `peft_config`
+    (LoRA) or `quantization_config` (QLoRA), the same network with its adapters disabled: no second copy. Each step
+    runs one forward over the concatenated `[preferred; dispreferred]` batch with gradients, and one for the
+    reference under `torch.no_grad()`.
+
+    Online pairs: with `reward_funcs` (TRL's GRPO reward signature over PIL images), the datasets hold prompts and
+    each step samples `args.num_generations` images per prompt, scores them and trains on the best versus the worst.
 
     Data: a `datasets.Dataset` of Pick-a-Pic rows (`caption`, `jpg_0`, `jpg_1`, `label_0`; ties dropped and counted)
     or of `caption`/`chosen`/`rejected` rows, checked and normalised by `trl_extras.data.validate_image_pair_dataset`,
