@@ -323,3 +323,40 @@ def test_unsupported_pipelines_and_options_name_the_problem(pipelines, tmp_path)
                           ({"logit_std": 0.0}, "logit_std"), ({"max_sequence_length": 0}, "max_sequence_length")]:  # fmt: skip
         with pytest.raises(ValueError, match=f"DiffusionDPOConfig.{field}"):
             _config(tmp_path, **kwargs)
+
+
+def _quantize_4bit(module):
+    """What diffusers' bitsandbytes loader does on a GPU, by hand on the CPU (diffusers' loader needs CUDA): every
+    nn.Linear becomes a bitsandbytes nf4 Linear4bit."""
+    bnb = pytest.importorskip("bitsandbytes")
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.Linear):
+                quantized = bnb.nn.Linear4bit(
+                    child.in_features, child.out_features, bias=child.bias is not None,
+                    compute_dtype=torch.float32, quant_type="nf4",
+                )  # fmt: skip
+                quantized.weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False, quant_type="nf4")
+                quantized.bias = child.bias
+                setattr(parent, name, quantized.to("cpu"))
+    return module
+
+
+@pytest.mark.parametrize("case", [case[0] for case in FAMILIES])
+def test_qlora_on_a_4bit_transformer(pipelines, tmp_path, case):
+    from trl_extras.quantization import QLoRAConfig
+    from trl_extras.trainer.diffusion_dpo_trainer import DiffusionDPOTrainer
+
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="requires a CUDA GPU"):
+            DiffusionDPOTrainer(
+                pipelines[case], args=_config(tmp_path), train_dataset=_pairs(2), quantization_config=QLoRAConfig()
+            )
+    pipe = diffusers.DiffusionPipeline.from_pretrained(pipelines[case])
+    pipe.transformer = _quantize_4bit(pipe.transformer)
+    trainer = DiffusionDPOTrainer(pipe, args=_config(tmp_path), train_dataset=_pairs(2), peft_config=_lora())
+    before = _snapshot(trainer.model)
+    trainer.train()
+    changed = _changed(before, trainer.model)
+    assert changed and all("lora_" in name for name in changed)
+    assert trainer.state.log_history[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)

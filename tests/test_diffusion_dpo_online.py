@@ -120,6 +120,7 @@ def test_reference_sampling_and_online_errors(pipelines, tmp_path):
     for kwargs, match in [
         ({"reward_weights": [1.0, 2.0]}, "reward_weights has 2 weights for 1 reward functions"),
         ({"loss_type": "sft"}, "loss_type='sft'"),
+        ({"cache_latents": True}, "cache_latents=True has nothing to cache"),
     ]:
         with pytest.raises(ValueError, match=match):
             DiffusionDPOTrainer(

@@ -809,6 +809,11 @@ def _check_online(reward_funcs: list, args: DiffusionDPOConfig) -> None:
         )
     if args.loss_type == "sft":
         raise ValueError("Online pairs (`reward_funcs`) train Diffusion-DPO; loss_type='sft' has no rejected image.")
+    if args.cache_latents:
+        raise ValueError(
+            "DiffusionDPOConfig.cache_latents=True has nothing to cache with `reward_funcs`: online pairs are sampled "
+            "fresh at every step. Set cache_latents=False."
+        )
 
 
 def _validate_prompts(dataset, args: DiffusionDPOConfig):
