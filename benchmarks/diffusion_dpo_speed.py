@@ -80,10 +80,20 @@ def build(
     )
     lora = LoraConfig(r=16, lora_alpha=16, init_lora_weights="gaussian")
     if mode == "lora_disabled_adapter":
-        return DiffusionDPOTrainer(pipeline_path, args=args, train_dataset=dataset, peft_config=lora)
-    if mode == "lora_two_unets":
-        return TwoUNetLoRATrainer(pipeline_path, args=args, train_dataset=dataset, peft_config=lora)
-    return DiffusionDPOTrainer(pipeline_path, args=args, train_dataset=dataset)
+        trainer = DiffusionDPOTrainer(pipeline_path, args=args, train_dataset=dataset, peft_config=lora)
+    elif mode == "lora_two_unets":
+        trainer = TwoUNetLoRATrainer(pipeline_path, args=args, train_dataset=dataset, peft_config=lora)
+    else:
+        trainer = DiffusionDPOTrainer(pipeline_path, args=args, train_dataset=dataset)
+    trainer.benchmark_extras = lambda: {"denoiser_mb": _denoiser_mb(trainer)}
+    return trainer
+
+
+def _denoiser_mb(trainer) -> float:
+    """Megabytes of denoiser parameters the trainer holds: the trained one and, if any, its reference copy."""
+    modules = [trainer.model] + ([trainer.ref_model] if trainer.ref_model is not None else [])
+    tensors = {p.data_ptr(): p.numel() * p.element_size() for module in modules for p in module.parameters()}
+    return sum(tensors.values()) / 2**20
 
 
 def build_pipeline(size: str, directory: str) -> str:
@@ -165,7 +175,7 @@ def main() -> None:
     results = compare(configurations, repeats=args.repeats)
     model = f"{args.size} UNet" if args.family == "sd" else f"tiny {args.family} transformer"
     print(f"Diffusion-DPO, {model}, {args.batch_size} pairs per step, {args.steps} steps (first 2 dropped)")
-    print(ratio_table(results, baseline="lora_two_unets"))
+    print(ratio_table(results, baseline="lora_two_unets", keys=("median_step_s", "peak_mem_mb", "denoiser_mb")))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ FAMILIES = [
     ("sana", "build_tiny_sana_pipeline", {}, "SanaPipeline", "sana"),
 ]
 CASES = [pytest.param(case, use_lora, id=f"{case[0]}-{'lora' if use_lora else 'full'}") for case in FAMILIES for use_lora in (False, True)]  # fmt: skip
+# schnell differs from dev only in the guidance embedding and the shift, which the step and noise-level tests cover
+FAMILY_CASES = [case for case in CASES if case.values[0][0] != "flux-schnell"]
 
 
 @pytest.fixture(scope="module")
@@ -243,7 +245,7 @@ def test_one_sgd_step_is_minus_lr_times_the_gradient_and_saves_exactly(pipelines
         assert image.images[0].size == (32, 32)
 
 
-@pytest.mark.parametrize("case, use_lora", CASES)
+@pytest.mark.parametrize("case, use_lora", FAMILY_CASES)
 def test_resuming_gives_the_same_weights_as_an_uninterrupted_run(pipelines, tmp_path, case, use_lora):
     from trl_extras.trainer.diffusion_dpo_trainer import DiffusionDPOTrainer
 
@@ -342,7 +344,7 @@ def _quantize_4bit(module):
     return module
 
 
-@pytest.mark.parametrize("case", [case[0] for case in FAMILIES])
+@pytest.mark.parametrize("case", ["sd3", "flux-dev", "sana"])
 def test_qlora_on_a_4bit_transformer(pipelines, tmp_path, case):
     from trl_extras.quantization import QLoRAConfig
     from trl_extras.trainer.diffusion_dpo_trainer import DiffusionDPOTrainer
