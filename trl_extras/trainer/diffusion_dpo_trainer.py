@@ -19,13 +19,13 @@ from trl.trainer.base_trainer import _BaseTrainer
 
 from ..collators.diffusion import DiffusionPreferenceCollator, DiffusionPromptCollator
 from ..losses.diffusion_dpo import (
-    best_and_worst,
     denoising_errors,
     diffusion_dpo_loss,
     diffusion_sft_loss,
     implicit_accuracy,
 )
 from .diffusion import DEFAULT_UNET_LORA_TARGETS, DiffusionFamily, NoiseLevels, family_for
+from .diffusion.online import check_online, sample_online_pairs, validate_prompts
 from .diffusion_dpo_config import DiffusionDPOConfig
 
 if TYPE_CHECKING:
@@ -197,9 +197,10 @@ class DiffusionDPOTrainer(_BaseTrainer):
         self.reward_funcs = list(reward_funcs or [])
         self.online = bool(self.reward_funcs)
         if self.online:
-            _check_online(self.reward_funcs, args)
+            check_online(self.reward_funcs, args)
         # Data first: a bad row fails before any model is loaded.
-        check = partial(_validate_prompts if self.online else _validate, args=args)
+        check = partial(validate_prompts, validate_pairs=_validate) if self.online else _validate
+        check = partial(check, args=args)
         columns = set(getattr(train_dataset, "column_names", None) or [])
         if self.online and {"chosen", "jpg_0"} & columns:
             raise ValueError(
@@ -432,81 +433,14 @@ class DiffusionDPOTrainer(_BaseTrainer):
 
     # ------------------------------------------------------------------ online pairs
 
-    @contextlib.contextmanager
-    def _sampling_denoiser(self) -> Iterator[None]:
-        """The pipeline's denoiser, in eval mode, set to the policy or (``generate_with="reference"``) the reference."""
-        denoiser = self.accelerator.unwrap_model(self.model)
-        was_training, name = denoiser.training, self.family.denoiser_name
-        denoiser.eval()
-        try:
-            if self.args.generate_with == "policy":
-                yield
-            elif self.ref_model is None:
-                with self._reference(self.model):
-                    yield
-            else:
-                setattr(self.pipeline, name, self.ref_model)
-                try:
-                    yield
-                finally:
-                    setattr(self.pipeline, name, denoiser)
-        finally:
-            denoiser.train(was_training)
-
-    @torch.no_grad()
     def online_pairs(
         self, inputs: dict[str, Any], generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
-        """Prompts -> a batch of best-versus-worst pairs: sample ``K = args.num_generations`` images per prompt,
-        score them with the reward functions, keep the highest- and lowest-reward latents of each prompt. Returns
-        what `encode_batch` does, with ``chosen_latents``/``rejected_latents`` ``(P, C, h, w)`` (the sampled latents
-        themselves, so no VAE round trip) in place of the latent distributions."""
-        prompts, extra = list(inputs["caption"]), dict(inputs.get("reward_kwargs") or {})
-        args, mode = self.args, "train" if self.model.training else "eval"
-        k = args.num_generations
-        kwargs = dict(self.family.sample_kwargs())
-        if args.generation_guidance_scale is not None:
-            kwargs["guidance_scale"] = args.generation_guidance_scale
-        self.pipeline.set_progress_bar_config(disable=True)
-        with self._sampling_denoiser(), self.accelerator.autocast():
-            output = self.pipeline(
-                prompts, num_images_per_prompt=k, num_inference_steps=args.generation_num_inference_steps,
-                height=self.resolution, width=self.resolution, generator=generator, output_type="latent", **kwargs,
-            ).images  # fmt: skip
-            latents = self.family.generated_latents(output, self.resolution).float()  # (P * K, C, h, w)
-            images = self.family.decode_latents(latents)
-        repeated = [prompt for prompt in prompts for _ in range(k)]
-        columns = {key: [value for value in values for _ in range(k)] for key, values in extra.items()}
-        per_function = []
-        for function in self.reward_funcs:
-            scores = function(prompts=repeated, completions=images, trainer_state=self.state, **columns)
-            per_function.append(torch.tensor([float("nan") if x is None else x for x in scores], dtype=torch.float32))
-        weights = torch.tensor(args.reward_weights or [1.0] * len(per_function))
-        stacked = torch.stack(per_function, dim=1)  # (P * K, number of reward functions)
-        rewards = (stacked * weights).nansum(dim=1).view(len(prompts), k)
-        best, worst = best_and_worst(rewards)
-        rows = torch.arange(len(prompts))
-        latents = latents.view(len(prompts), k, *latents.shape[1:]).to(self.accelerator.device)
-        encoded = {"chosen_latents": latents[rows, best], "rejected_latents": latents[rows, worst]}
-        with self.accelerator.autocast():
-            encoded.update(
-                self.family.encode_conditioning(
-                    {"caption": prompts}, self._sides(), self.resolution, self.accelerator.device
-                )
-            )
-        metrics = {
-            "online/chosen_reward": rewards[rows, best],
-            "online/rejected_reward": rewards[rows, worst],
-            "online/reward_mean": rewards.mean(dim=1),
-            "online/reward_std": rewards.std(dim=1),
-        }
-        for function, scores in zip(self.reward_funcs, per_function):
-            metrics[f"online/rewards/{getattr(function, '__name__', type(function).__name__)}"] = scores
-        for key, value in metrics.items():
-            self._metrics[mode][key].append(
-                self.accelerator.gather(value.to(self.accelerator.device)).nanmean().item()
-            )
-        return encoded
+        """Prompts -> a batch of best-versus-worst pairs: sample ``K = args.num_generations`` images per prompt with
+        the policy or the reference, score them with the reward functions, keep the highest- and lowest-reward
+        latents of each prompt (``chosen_latents``/``rejected_latents`` ``(P, C, h, w)``, the sampled latents
+        themselves) with the prompts' conditioning. See `trl_extras.trainer.diffusion.online`."""
+        return sample_online_pairs(self, inputs, generator)
 
     # ------------------------------------------------------------------ loss
 
@@ -793,41 +727,6 @@ def _validate(dataset, args: DiffusionDPOConfig):
     return validate_image_pair_dataset(
         dataset, ties=args.ties, on_invalid="raise", allow_size_mismatch=args.allow_size_mismatch
     )
-
-
-def _check_online(reward_funcs: list, args: DiffusionDPOConfig) -> None:
-    for index, function in enumerate(reward_funcs):
-        if not callable(function):
-            raise TypeError(
-                f"reward_funcs[{index}] must be a callable f(prompts, completions, **kwargs) -> list[float] (TRL's GRPO "
-                f"reward signature over PIL images), got {type(function).__name__}."
-            )
-    if args.reward_weights is not None and len(args.reward_weights) != len(reward_funcs):
-        raise ValueError(
-            f"DiffusionDPOConfig.reward_weights has {len(args.reward_weights)} weights for {len(reward_funcs)} "
-            "reward functions: give one per function."
-        )
-    if args.loss_type == "sft":
-        raise ValueError("Online pairs (`reward_funcs`) train Diffusion-DPO; loss_type='sft' has no rejected image.")
-    if args.cache_latents:
-        raise ValueError(
-            "DiffusionDPOConfig.cache_latents=True has nothing to cache with `reward_funcs`: online pairs are sampled "
-            "fresh at every step. Set cache_latents=False."
-        )
-
-
-def _validate_prompts(dataset, args: DiffusionDPOConfig):
-    """Online mode: a dataset of prompts, a string column ``prompt`` or ``caption`` (or of image pairs, for
-    evaluation, checked as in offline mode)."""
-    columns = getattr(dataset, "column_names", None)
-    if columns is not None and {"chosen", "jpg_0"} & set(columns):
-        return _validate(dataset, args)
-    if columns is not None and not {"prompt", "caption"} & set(columns):
-        raise ValueError(
-            f"Online Diffusion-DPO (`reward_funcs` given) needs a dataset of prompts with a 'prompt' or 'caption' "
-            f"column; this one has {columns}."
-        )
-    return dataset
 
 
 def _load_lora_into(denoiser: torch.nn.Module, lora_file: str, prefix: str = "unet") -> None:
