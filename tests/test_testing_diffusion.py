@@ -71,3 +71,64 @@ def test_tiny_tokenizer_and_v_prediction(tmp_path):
     assert scheduler["prediction_type"] == "v_prediction"
     with pytest.raises(ValueError, match="prediction_type"):
         build_tiny_diffusion_pipeline(tmp_path / "bad", prediction_type="flow")
+
+
+@pytest.mark.parametrize("layout", ["sd3", "flux-dev", "flux-schnell", "sana"])
+def test_tiny_flow_matching_pipelines_load_and_generate(tmp_path, layout):
+    from transformers import T5Tokenizer
+
+    from trl_extras.testing import build_tiny_flux_pipeline, build_tiny_sana_pipeline, build_tiny_sd3_pipeline
+
+    if layout == "sana":
+        _check_tiny_sana(build_tiny_sana_pipeline(tmp_path))
+        return
+    if layout == "sd3":
+        path = build_tiny_sd3_pipeline(tmp_path)
+    else:
+        path = build_tiny_flux_pipeline(tmp_path, layout=layout.split("-")[1])
+    pipe = diffusers.DiffusionPipeline.from_pretrained(path)
+    expected = diffusers.StableDiffusion3Pipeline if layout == "sd3" else diffusers.FluxPipeline
+    assert type(pipe) is expected
+    assert isinstance(pipe.scheduler, diffusers.FlowMatchEulerDiscreteScheduler)
+    assert pipe.vae.config.shift_factor is not None and pipe.vae_scale_factor == 2
+    image = pipe(
+        "a red square", num_inference_steps=2, height=32, width=32, max_sequence_length=8,
+        generator=torch.Generator().manual_seed(0),
+    ).images[0]  # fmt: skip
+    assert image.size == (32, 32) and image.mode == "RGB"
+
+    t5 = pipe.tokenizer_3 if layout == "sd3" else pipe.tokenizer_2
+    assert isinstance(t5, T5Tokenizer)
+    ids = t5("A red square, 2x!").input_ids
+    assert ids[-1] == t5.eos_token_id and t5.unk_token_id not in ids and t5.pad_token_id == 0
+    assert "\u2581red" in t5.convert_ids_to_tokens(ids)  # whole words are single pieces
+    if layout == "sd3":
+        assert type(pipe.text_encoder_3).__name__ == "T5EncoderModel"
+        assert pipe.transformer.config.joint_attention_dim == pipe.text_encoder_3.config.d_model
+        assert pipe.transformer.config.pooled_projection_dim == 2 * pipe.text_encoder.config.projection_dim
+        assert pipe.scheduler.config.shift == 3.0
+    else:
+        assert pipe.transformer.config.in_channels == 4 * pipe.vae.config.latent_channels  # packed 2 x 2 patches
+        assert pipe.transformer.config.guidance_embeds == (layout == "flux-dev")
+        assert pipe.scheduler.config.use_dynamic_shifting == (layout == "flux-dev")
+    with pytest.raises(ValueError, match="layout"):
+        build_tiny_flux_pipeline(tmp_path / "bad", layout="pro")
+
+
+def _check_tiny_sana(path):
+    from transformers import GemmaTokenizer
+
+    pipe = diffusers.DiffusionPipeline.from_pretrained(path)
+    assert type(pipe) is diffusers.SanaPipeline and type(pipe.vae) is diffusers.AutoencoderDC
+    assert type(pipe.text_encoder).__name__ == "Gemma2Model" and isinstance(pipe.tokenizer, GemmaTokenizer)
+    assert pipe.scheduler.config.flow_shift == 3.0 and pipe.scheduler.config.prediction_type == "flow_prediction"
+    image = pipe(
+        "a red square", num_inference_steps=2, height=32, width=32, max_sequence_length=8,
+        generator=torch.Generator().manual_seed(0),
+    ).images[0]  # fmt: skip
+    assert image.size == (32, 32)
+    tokens = pipe.tokenizer.convert_ids_to_tokens(pipe.tokenizer("A red square, 2x!").input_ids)
+    assert "\u2581red" in tokens and "\u2581square" in tokens and "<unk>" not in tokens
+    with torch.no_grad():  # unit-variance scaled latents, as the trained DC-AE's scaling_factor gives
+        latents = pipe.vae.encode(torch.rand(8, 3, 32, 32) * 2 - 1).latent * pipe.vae.config.scaling_factor
+    assert latents.shape == (8, 4, 16, 16) and 0.5 < latents.std() < 2

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["DiffusionPreferenceCollator", "preprocess_image"]
+__all__ = ["DiffusionPreferenceCollator", "DiffusionPromptCollator", "preprocess_image"]
 
 
 def preprocess_image(
@@ -63,7 +63,8 @@ class DiffusionPreferenceCollator:
     (see ``preprocess_image``); captions are padded to ``tokenizer.model_max_length`` as diffusers pipelines do.
 
     Args:
-        tokenizer: the pipeline's ``tokenizer``.
+        tokenizer: the pipeline's ``tokenizer``, or ``None`` to keep the captions as strings (``caption``: a list of
+            ``B`` strings) for pipelines whose own ``encode_prompt`` tokenises them (SD3, Flux).
         tokenizer_2: SDXL's second tokenizer (``pipe.tokenizer_2``), or ``None``.
         resolution: side of the square training images, in pixels.
         center_crop: crop the centre (default) or a random square.
@@ -73,7 +74,8 @@ class DiffusionPreferenceCollator:
     Returns a dict of tensors, ``B`` = number of rows:
 
     - ``chosen_pixel_values``, ``rejected_pixel_values``: ``(B, 3, resolution, resolution)``, in ``[-1, 1]``.
-    - ``input_ids`` (and ``input_ids_2`` with ``tokenizer_2``): ``(B, model_max_length)``.
+    - ``input_ids`` (and ``input_ids_2`` with ``tokenizer_2``): ``(B, model_max_length)``; without a tokenizer,
+      ``caption``: the ``B`` captions.
     - ``chosen_original_sizes``, ``rejected_original_sizes``: ``(B, 2)`` original ``(height, width)``;
       ``chosen_crop_top_lefts``, ``rejected_crop_top_lefts``: ``(B, 2)`` crop ``(top, left)``. SDXL's
       micro-conditioning; the trainer ignores them for other models.
@@ -92,7 +94,7 @@ class DiffusionPreferenceCollator:
                 f"DiffusionPreferenceCollator.resolution must be a positive integer, got {self.resolution}"
             )
 
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         sides = ("chosen",) if self.loss_type == "sft" else ("chosen", "rejected")
         batch: dict[str, torch.Tensor] = {}
         for side in sides:
@@ -121,6 +123,9 @@ class DiffusionPreferenceCollator:
                     f"Batch row {index}, column 'caption': expected a string, got {type(caption).__name__}."
                 )
             captions.append(caption)
+        if self.tokenizer is None:
+            batch["caption"] = captions
+            return batch
         batch["input_ids"] = self._tokenize(self.tokenizer, captions)
         if self.tokenizer_2 is not None:
             batch["input_ids_2"] = self._tokenize(self.tokenizer_2, captions)
@@ -135,3 +140,35 @@ class DiffusionPreferenceCollator:
             truncation=True,
             return_tensors="pt",
         ).input_ids
+
+
+@dataclass
+class DiffusionPromptCollator:
+    """Collate prompt rows for online Diffusion-DPO (the trainer samples and scores the images itself).
+
+    Each row has a ``prompt`` (as TRL's GRPO datasets) or ``caption`` string; every other column is kept, as a list
+    per column under ``reward_kwargs``, for the reward functions (GRPO passes dataset columns the same way).
+
+    Returns ``{"caption": [B strings], "reward_kwargs": {column: [B values]}}``. With ``image_collator``, batches of
+    image pairs (rows with ``chosen``, e.g. a held-out evaluation set) go to it instead.
+    """
+
+    image_collator: DiffusionPreferenceCollator | None = None
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        if self.image_collator is not None and features and "chosen" in features[0]:
+            return self.image_collator(features)
+        captions, extra = [], {}
+        for index, feature in enumerate(features):
+            key = "prompt" if "prompt" in feature else "caption"
+            caption = feature.get(key)
+            if not isinstance(caption, str):
+                raise TypeError(
+                    f"Batch row {index}: online Diffusion-DPO needs a string column 'prompt' (or 'caption'), got "
+                    f"{type(caption).__name__} under {key!r}."
+                )
+            captions.append(caption)
+            for column, value in feature.items():
+                if column not in ("prompt", "caption"):
+                    extra.setdefault(column, []).append(value)
+        return {"caption": captions, "reward_kwargs": extra}

@@ -24,6 +24,15 @@ a model that denoises an image better than the reference does earns a positive r
 
 The SFT baseline of the paper trains on the preferred images alone with the usual denoising loss ``err_w``.
 
+Flow matching (Stable Diffusion 3/3.5, Flux; the rectified-flow form of Esser et al. 2024,
+https://arxiv.org/abs/2403.03206): the noised latent is the straight line ``x_sigma = (1 - sigma) x_0 + sigma eps``
+for a noise level ``sigma`` in ``(0, 1]``, the network predicts the velocity ``d x_sigma / d sigma = eps - x_0``
+(``flow_matching_target``; diffusers' SD3/Flux pipelines step with ``x <- x + (sigma_next - sigma) v``, so this is
+their sign convention), and ``err = w(sigma) * mean_{C,H,W} (v_theta - (eps - x_0))^2`` with the per-sample weighting
+``w`` of diffusers' ``compute_loss_weighting_for_sd3`` (1 for the logit-normal and mode timestep densities). The
+Diffusion-DPO loss above is unchanged: both images of a pair share ``eps`` and ``sigma``, so ``w(sigma)`` scales the
+pair's margin, i.e. acts as a per-timestep ``beta``.
+
 Conventions: ``B`` pairs; predictions, targets and latents are ``(N, C, H, W)`` with ``N = B`` or ``2B``; errors,
 rewards and losses are ``(B,)``, unreduced. Errors are computed in float32 whatever the input dtype (so bf16 autocast does not round
 the small error differences the loss is made of).
@@ -40,7 +49,11 @@ __all__ = [
     "denoising_target",
     "diffusion_dpo_loss",
     "diffusion_sft_loss",
+    "flow_matching_noisy_latents",
+    "flow_matching_target",
+    "best_and_worst",
     "implicit_accuracy",
+    "shift_sigmas",
 ]
 
 #: ``beta_dpo`` of the authors' SD 1.5 and SDXL runs.
@@ -67,10 +80,31 @@ def denoising_target(
     )
 
 
-def denoising_errors(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean squared error per sample, over every non-batch dimension, in float32. ``(N, ...) -> (N,)``"""
-    errors = F.mse_loss(prediction.float(), target.float(), reduction="none")
-    return errors.flatten(start_dim=1).mean(dim=1)
+def denoising_errors(
+    prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean squared error per sample, over every non-batch dimension, in float32, times ``weights`` ``(N,)`` if
+    given (flow matching's per-timestep weighting). ``(N, ...) -> (N,)``"""
+    errors = F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(start_dim=1).mean(dim=1)
+    return errors if weights is None else errors * weights.float()
+
+
+def flow_matching_noisy_latents(latents: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """``x_sigma = (1 - sigma) x_0 + sigma eps``, ``sigmas`` ``(N,)`` broadcast over the latent. ``(N, C, H, W)``"""
+    sigmas = sigmas.view(-1, *([1] * (latents.ndim - 1))).to(latents.dtype)
+    return (1.0 - sigmas) * latents + sigmas * noise
+
+
+def flow_matching_target(latents: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """The velocity SD3 and Flux predict, ``eps - x_0``. ``(N, C, H, W)``"""
+    return noise - latents
+
+
+def shift_sigmas(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
+    """SD3's timestep shift ``s sigma / (1 + (s - 1) sigma)``: ``s > 1`` moves training towards noisier levels (the
+    static ``shift`` of ``FlowMatchEulerDiscreteScheduler``; Flux's resolution-dependent shift is ``s = exp(mu)``).
+    ``(N,) -> (N,)``"""
+    return shift * sigmas / (1.0 + (shift - 1.0) * sigmas)
 
 
 def diffusion_dpo_loss(
@@ -104,3 +138,12 @@ def implicit_accuracy(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tens
     """
     margins = chosen_rewards - rejected_rewards
     return (margins > 0).float() + 0.5 * (margins == 0).float()
+
+
+def best_and_worst(rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Online pairs: per prompt, the index of the highest- and of the lowest-reward sample. ``(P, K) -> (P,), (P,)``
+
+    The first of equal rewards wins both, so a prompt whose ``K`` samples all score the same gives a pair of one image
+    with itself: margin 0 and no gradient, rather than an arbitrary preference.
+    """
+    return rewards.argmax(dim=1), rewards.argmin(dim=1)

@@ -6,15 +6,19 @@ trl-extras diffusion-dpo --model_name_or_path stable-diffusion-v1-5/stable-diffu
     --dataset_name yuvalkirstain/pickapic_v2 --use_peft --output_dir sd15-diffusion-dpo
 ```
 
-``model_name_or_path`` is a diffusers pipeline (Stable Diffusion 1.x/2.x or SDXL); the dataset holds Pick-a-Pic rows
-(``caption``, ``jpg_0``, ``jpg_1``, ``label_0``) or ``caption``/``chosen``/``rejected`` images. ``use_peft`` trains
-LoRA adapters on the UNet (``lora_target_modules`` unset: its attention projections); ``load_in_4bit`` with
-``use_peft`` is QLoRA through ``trl_extras.QLoRAConfig`` (diffusers' 4-bit loader needs a CUDA GPU). ``ModelConfig``'s
-text-model fields (``dtype``, ``attn_implementation``, ``lora_task_type``) do not apply; pipeline loading options go in
-``model_init_kwargs``.
+``model_name_or_path`` is a diffusers pipeline; the trainer picks the family from it (Stable Diffusion 1.x/2.x, SDXL,
+SD3/SD3.5, Flux.1, Sana; per-family configs in ``configs/diffusion_dpo/``). The dataset holds Pick-a-Pic rows
+(``caption``, ``jpg_0``, ``jpg_1``, ``label_0``) or ``caption``/``chosen``/``rejected`` images; with ``reward_funcs``
+(import paths ``module:function`` of GRPO-style image rewards) it holds prompts and the pairs are sampled online.
+``use_peft`` trains LoRA adapters on the denoiser (``lora_target_modules`` unset: the family's attention
+projections); ``load_in_4bit`` with ``use_peft`` is QLoRA through ``trl_extras.QLoRAConfig`` (diffusers' 4-bit loader
+needs a CUDA GPU). ``ModelConfig``'s text-model fields (``dtype``, ``attn_implementation``, ``lora_task_type``) do not
+apply; pipeline loading options go in ``model_init_kwargs``.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 from ._common import (
     ConfigError,
@@ -25,6 +29,33 @@ from ._common import (
     resolve_model_path,
     train_and_save,
 )
+
+
+@dataclass
+class DiffusionDPOScriptArguments(ScriptArguments):
+    """Script arguments, plus the image reward functions of online pairs."""
+
+    reward_funcs: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Online pairs: image reward functions as import paths `module:function`, each "
+            "f(prompts, completions, **kwargs) -> list[float] over PIL images (TRL's GRPO signature). The dataset "
+            "then needs a `prompt` or `caption` column only. Unset: train on the dataset's image pairs."
+        },
+    )
+
+
+def _reward_funcs(script_args) -> list:
+    from trl_extras.rewards import resolve_reward_funcs
+
+    functions = resolve_reward_funcs(script_args.reward_funcs)
+    for name, function in zip(script_args.reward_funcs or [], functions):
+        if not callable(function):
+            raise ConfigError(
+                f"reward_funcs: {name!r} resolves to a text reward model; Diffusion-DPO scores images, so give an "
+                "import path `module:function` of an image reward."
+            )
+    return functions
 
 
 def _adapters(model_args, training_args) -> dict:
@@ -51,15 +82,27 @@ def main(script_args, training_args, model_args, dataset_args):
     from trl_extras import DiffusionDPOTrainer
 
     model = resolve_model_path(model_args.model_name_or_path)
+    reward_funcs = _reward_funcs(script_args)
     train_dataset, eval_dataset = load_datasets(
         script_args, dataset_args, training_args, default_subset="image-preference"
     )
+    if reward_funcs:  # online: prompts only (a built-in pair dataset keeps its captions)
+        image_columns = [
+            c for c in ("chosen", "rejected", "jpg_0", "jpg_1", "label_0") if c in train_dataset.column_names
+        ]
+        train_dataset = train_dataset.remove_columns(image_columns)
     trainer = DiffusionDPOTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
+        reward_funcs=reward_funcs or None,
         **_adapters(model_args, training_args),
+    )
+    trainer.accelerator.print(
+        f"Diffusion-DPO on a {type(trainer.pipeline).__name__}: family {trainer.family.name!r}, "
+        f"{'online pairs' if reward_funcs else 'dataset pairs'}, "
+        f"{'LoRA (reference: adapter disabled)' if trainer.is_peft else 'full fine-tuning (frozen reference copy)'}."
     )
     return train_and_save(trainer, script_args, training_args, role="diffusion")
 
@@ -67,7 +110,7 @@ def main(script_args, training_args, model_args, dataset_args):
 def make_parser(prog: str = "trl-extras diffusion-dpo"):
     from trl_extras import DiffusionDPOConfig
 
-    return build_parser(prog, ScriptArguments, DiffusionDPOConfig)
+    return build_parser(prog, DiffusionDPOScriptArguments, DiffusionDPOConfig)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""A tiny text-to-image pipeline (Stable Diffusion 1.x style, or SDXL style), built offline.
+"""Tiny text-to-image pipelines (Stable Diffusion 1.x, SDXL, Stable Diffusion 3, Flux, Sana), built offline.
 
 Example:
 
@@ -17,6 +17,13 @@ one cross-attention block), ``AutoencoderKL`` (2 blocks: 32 px images <-> 4 x 16
 a ``DDPMScheduler``. With ``sdxl=True`` the pipeline is a ``StableDiffusionXLPipeline``: a second tokenizer and a
 ``CLIPTextModelWithProjection`` (pooled embeddings), penultimate hidden states of both encoders concatenated as the
 cross-attention input, and a UNet with ``addition_embed_type="text_time"`` (size and crop micro-conditioning).
+
+``build_tiny_sd3_pipeline`` and ``build_tiny_flux_pipeline`` build the flow-matching diffusion transformers the same
+way: ``SD3Transformer2DModel`` with two ``CLIPTextModelWithProjection`` encoders and a ``T5EncoderModel``, or
+``FluxTransformer2DModel`` (packed 2 x 2 latent patches, optional guidance embedding) with a ``CLIPTextModel`` and a
+``T5EncoderModel``; both with a ``FlowMatchEulerDiscreteScheduler`` and a T5 tokenizer whose unigram vocabulary is made
+here. ``build_tiny_sana_pipeline``: ``SanaTransformer2DModel`` with a ``Gemma2Model`` text encoder (a BPE
+``GemmaTokenizer`` made here) and a deterministic ``AutoencoderDC`` (DC-AE).
 """
 
 from __future__ import annotations
@@ -25,7 +32,12 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["build_tiny_diffusion_pipeline"]
+__all__ = [
+    "build_tiny_diffusion_pipeline",
+    "build_tiny_flux_pipeline",
+    "build_tiny_sana_pipeline",
+    "build_tiny_sd3_pipeline",
+]
 
 #: Image side length of the tiny pipeline, in pixels (latents are 16 x 16).
 TINY_RESOLUTION = 32
@@ -214,5 +226,247 @@ def build_tiny_diffusion_pipeline(
             feature_extractor=None,
             requires_safety_checker=False,
         )
+    pipeline.save_pretrained(directory)
+    return str(directory)
+
+
+def _tiny_t5_tokenizer(model_max_length: int = 64):
+    """A ``T5Tokenizer`` (unigram) with T5's special-token layout at toy size: ``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2,
+    the word-start marker, printable ASCII characters and a few whole words. Any ASCII text tokenises."""
+    import string
+
+    from transformers import T5Tokenizer
+
+    words = ["a", "red", "blue", "square", "photo", "of", "the", "circle", "green"]
+    pieces = ["\u2581", *string.ascii_letters, *string.digits, *string.punctuation, *("\u2581" + w for w in words)]
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [
+        (piece, -1.0 - 0.01 * i) for i, piece in enumerate(pieces)
+    ]
+    # whole words score higher than their letters, so "red" is one token
+    vocab = [
+        (piece, -0.5) if piece.startswith("\u2581") and len(piece) > 1 else (piece, score) for piece, score in vocab
+    ]
+    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=model_max_length)
+
+
+def _tiny_t5_encoder(tokenizer, d_model: int = 32):
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=d_model,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )
+    return T5EncoderModel(config)
+
+
+def _tiny_vae(shift: bool = False):
+    """The tiny ``AutoencoderKL`` (32 px <-> 4 x 16 x 16), calibrated; ``shift=True`` also sets a ``shift_factor``
+    (the latent mean of random images), as SD3's and Flux's VAEs carry one."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=TINY_RESOLUTION,
+    )
+    _calibrate_vae(vae)
+    if shift:
+        with torch.no_grad():
+            probe = torch.rand(16, 3, TINY_RESOLUTION, TINY_RESOLUTION) * 2 - 1
+            mean = vae.encode(probe).latent_dist.mean.mean().item()
+        vae.register_to_config(shift_factor=round(mean, 5))
+    return vae
+
+
+def build_tiny_sd3_pipeline(directory: str | os.PathLike, seed: int = 0) -> str:
+    """Build a tiny seeded ``StableDiffusion3Pipeline``, save it to ``directory`` and return the path.
+
+    Components as Stable Diffusion 3 / 3.5: an ``SD3Transformer2DModel`` (2 joint blocks, patch size 2, 4 latent
+    channels), two ``CLIPTextModelWithProjection`` encoders whose penultimate hidden states (16 + 16 wide, zero-padded
+    to 32) and pooled projections (16 + 16 = 32, ``pooled_projections``) condition it, a ``T5EncoderModel`` (width 32)
+    whose hidden states are appended to the sequence, the tiny VAE with a ``shift_factor``, and a
+    ``FlowMatchEulerDiscreteScheduler`` with SD3's static ``shift=3.0``. Images are 32 x 32 pixels.
+    """
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    tokenizer, tokenizer_2 = _tiny_clip_tokenizer(), _tiny_clip_tokenizer()
+    clip = dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, projection_dim=16)
+    text_encoder = CLIPTextModelWithProjection(_text_encoder_config(tokenizer, **clip))
+    text_encoder_2 = CLIPTextModelWithProjection(_text_encoder_config(tokenizer_2, **clip))
+    tokenizer_3 = _tiny_t5_tokenizer()
+    text_encoder_3 = _tiny_t5_encoder(tokenizer_3)
+    transformer = SD3Transformer2DModel(
+        sample_size=TINY_RESOLUTION // 2,
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        joint_attention_dim=32,
+        caption_projection_dim=32,
+        pooled_projection_dim=32,
+        pos_embed_max_size=16,
+    )
+    pipeline = StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0),
+        vae=_tiny_vae(shift=True),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        text_encoder_3=text_encoder_3,
+        tokenizer_3=tokenizer_3,
+    )
+    pipeline.save_pretrained(directory)
+    return str(directory)
+
+
+def build_tiny_flux_pipeline(directory: str | os.PathLike, seed: int = 0, layout: str = "dev") -> str:
+    """Build a tiny seeded ``FluxPipeline``, save it to ``directory`` and return the path.
+
+    Components as Flux.1: a ``FluxTransformer2DModel`` (1 double-stream and 1 single-stream block) over packed
+    latents (each 2 x 2 patch of the 4-channel latent is one 16-wide token, with positional ids), a ``CLIPTextModel``
+    whose pooled output is ``pooled_projections``, a ``T5EncoderModel`` whose hidden states are the text tokens, the
+    tiny VAE with a ``shift_factor``, and a ``FlowMatchEulerDiscreteScheduler``. ``layout="dev"`` (Flux.1-dev): a
+    guidance embedding and the resolution-dependent (dynamic) timestep shift; ``layout="schnell"``: no guidance
+    embedding and a static shift of 1, as Flux.1-schnell ships. Images are 32 x 32 pixels.
+    """
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel
+
+    if layout not in ("dev", "schnell"):
+        raise ValueError(f"layout must be 'dev' or 'schnell', got {layout!r}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    tokenizer = _tiny_clip_tokenizer()
+    text_encoder = CLIPTextModel(_text_encoder_config(tokenizer))
+    tokenizer_2 = _tiny_t5_tokenizer()
+    text_encoder_2 = _tiny_t5_encoder(tokenizer_2)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        guidance_embeds=layout == "dev",
+        axes_dims_rope=(4, 4, 8),
+    )
+    if layout == "dev":
+        scheduler = FlowMatchEulerDiscreteScheduler(
+            num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_image_seq_len=16,
+            max_image_seq_len=256, base_shift=0.5, max_shift=1.15,
+        )  # fmt: skip
+    else:
+        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
+    pipeline = FluxPipeline(
+        scheduler=scheduler,
+        vae=_tiny_vae(shift=True),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        transformer=transformer,
+    )
+    pipeline.save_pretrained(directory)
+    return str(directory)
+
+
+def _tiny_gemma_tokenizer(model_max_length: int = 64):
+    """A ``GemmaTokenizer`` (BPE, SentencePiece-style word marker) at toy size: ``<pad>`` 0, ``<eos>`` 1, ``<bos>``
+    2, ``<unk>`` 3, ``<mask>`` 4, printable ASCII characters, and merges that make a few whole words one token."""
+    import string
+
+    from transformers import GemmaTokenizer
+
+    words = ["a", "red", "blue", "square", "photo", "of", "the", "circle", "green"]
+    tokens = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "\u2581", *string.ascii_letters, *string.digits]
+    tokens += list(string.punctuation)
+    merges = []
+    for word in words:  # "\u2581" + "r" -> "\u2581r", "\u2581r" + "e" -> ..., one token per listed word
+        piece = "\u2581"
+        for letter in word:
+            if (piece, letter) not in merges:
+                merges.append((piece, letter))
+            piece += letter
+            if piece not in tokens:
+                tokens.append(piece)
+    vocab = {token: index for index, token in enumerate(tokens)}
+    return GemmaTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+
+
+def build_tiny_sana_pipeline(directory: str | os.PathLike, seed: int = 0) -> str:
+    """Build a tiny seeded ``SanaPipeline``, save it to ``directory`` and return the path.
+
+    Components as Sana: a ``SanaTransformer2DModel`` (2 blocks of linear self-attention and cross-attention, patch
+    size 1, 4 latent channels) whose cross-attention reads the hidden states of a ``Gemma2Model`` (width 32, 2 layers)
+    under their attention mask, a deterministic ``AutoencoderDC`` (32 px <-> 4 x 16 x 16, ``scaling_factor`` set so
+    latents of random images have unit variance), and a ``DPMSolverMultistepScheduler`` on flow sigmas with
+    ``flow_shift=3.0`` (``prediction_type="flow_prediction"``). Images are 32 x 32 pixels.
+    """
+    import torch
+    from diffusers import AutoencoderDC, DPMSolverMultistepScheduler, SanaPipeline, SanaTransformer2DModel
+    from transformers import Gemma2Config, Gemma2Model
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    tokenizer = _tiny_gemma_tokenizer()
+    text_encoder = Gemma2Model(
+        Gemma2Config(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+        )
+    )  # fmt: skip
+    transformer = SanaTransformer2DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=2,
+        num_cross_attention_heads=2, cross_attention_head_dim=8, cross_attention_dim=16, caption_channels=32,
+        sample_size=TINY_RESOLUTION // 2, patch_size=1,
+    )  # fmt: skip
+    vae = AutoencoderDC(
+        in_channels=3, latent_channels=4, attention_head_dim=2,
+        encoder_block_types=("ResBlock", "EfficientViTBlock"), decoder_block_types=("ResBlock", "EfficientViTBlock"),
+        encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8),
+        encoder_qkv_multiscales=((), (5,)), decoder_qkv_multiscales=((), (5,)),
+        encoder_layers_per_block=(1, 1), decoder_layers_per_block=(1, 1),
+        downsample_block_type="conv", upsample_block_type="interpolate",
+    )  # fmt: skip
+    with torch.no_grad():
+        colours = torch.rand(16, 3, 1, 1).expand(16, 3, TINY_RESOLUTION, TINY_RESOLUTION)
+        probe = torch.cat([colours, torch.rand(16, 3, TINY_RESOLUTION, TINY_RESOLUTION)]) * 2 - 1
+        latents = vae.encode(probe).latent
+    vae.register_to_config(scaling_factor=round(1.0 / latents.std().item(), 5))
+    scheduler = DPMSolverMultistepScheduler(flow_shift=3.0, use_flow_sigmas=True, prediction_type="flow_prediction")
+    pipeline = SanaPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler
+    )
     pipeline.save_pretrained(directory)
     return str(directory)

@@ -14,6 +14,8 @@ from ..validation import check_config
 
 _LOSS_TYPES = ("sigmoid", "sft")
 _PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+# diffusers.training_utils' names: densities ("logit_normal", "mode"; uniform otherwise) and loss weightings
+_WEIGHTING_SCHEMES = ("logit_normal", "mode", "none", "sigma_sqrt", "cosmap")
 
 
 @dataclass
@@ -27,6 +29,10 @@ class DiffusionDPOConfig(_BaseConfig):
     Added fields, grouped below; each field's `help` says what it does.
 
     > Diffusion-DPO objective: `beta`, `loss_type`, `prediction_type`
+    > Flow matching (SD3, Flux): `weighting_scheme`, `logit_mean`, `logit_std`, `mode_scale`, `flow_shift`,
+    > `guidance_scale`, `max_sequence_length`
+    > Online pairs (with `reward_funcs`): `num_generations`, `generation_num_inference_steps`,
+    > `generation_guidance_scale`, `generate_with`, `reward_weights`
     > Images: `resolution`, `center_crop`, `random_flip`, `cache_latents`, `ties`, `allow_size_mismatch`
     > Model loading: `model_init_kwargs`
     > Sample images during training: `sample_prompts`, `sample_steps`, `sample_num_inference_steps`,
@@ -68,6 +74,72 @@ class DiffusionDPOConfig(_BaseConfig):
             "pipeline's scheduler config. Setting it also updates the scheduler saved with the model.",
             "choices": [None, *_PREDICTION_TYPES],
         },
+    )
+
+    # Flow matching (SD3, Flux)
+    weighting_scheme: str = field(
+        default="logit_normal",
+        metadata={
+            "help": "How flow-matching noise levels are drawn and weighted, by diffusers.training_utils' names: "
+            "'logit_normal' (SD3's default: sigmoid of N(logit_mean, logit_std)), 'mode' (SD3's mode density, "
+            "`mode_scale`), or uniform with the loss weighting 'none' (1), 'sigma_sqrt' (1/sigma^2) or 'cosmap'. "
+            "Ignored by UNet pipelines.",
+            "choices": list(_WEIGHTING_SCHEMES),
+        },
+    )
+    logit_mean: float = field(default=0.0, metadata={"help": "Mean of the 'logit_normal' density."})
+    logit_std: float = field(default=1.0, metadata={"help": "Standard deviation of the 'logit_normal' density."})
+    mode_scale: float = field(default=1.29, metadata={"help": "Scale of the 'mode' density (SD3's 1.29)."})
+    flow_shift: float | None = field(
+        default=None,
+        metadata={
+            "help": "Timestep shift s applied to the drawn noise levels, sigma <- s*sigma / (1 + (s-1)*sigma). None "
+            "(default): the family's own, the scheduler's static `shift` (SD3/SD3.5: 3.0; Flux.1-schnell: 1) or, "
+            "where the scheduler has `use_dynamic_shifting` (Flux.1-dev), exp(mu) for the training resolution as "
+            "the pipeline samples."
+        },
+    )
+    guidance_scale: float = field(
+        default=3.5,
+        metadata={
+            "help": "The guidance-embedding input during training, for guidance-distilled transformers (Flux.1-dev); "
+            "ignored by models without a guidance embedding."
+        },
+    )
+    max_sequence_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "T5 prompt length for SD3 and Flux (prompts are padded/truncated to it). None: the pipeline's "
+            "default (SD3: 256, Flux: 512; Flux.1-schnell was trained with 256)."
+        },
+    )
+
+    # Online pairs
+    num_generations: int = field(
+        default=4,
+        metadata={
+            "help": "Online mode (the trainer was given `reward_funcs`): images sampled per prompt (K >= 2); the "
+            "highest- and lowest-reward ones form the pair the step trains on."
+        },
+    )
+    generation_num_inference_steps: int = field(
+        default=20, metadata={"help": "Online mode: denoising steps of each sampled image."}
+    )
+    generation_guidance_scale: float | None = field(
+        default=None,
+        metadata={"help": "Online mode: classifier-free guidance scale for sampling. None: the pipeline's default."},
+    )
+    generate_with: str = field(
+        default="policy",
+        metadata={
+            "help": "Online mode: sample with the model being trained ('policy', on-policy) or with the reference "
+            "('reference': the initial weights, so the pairs do not drift with training).",
+            "choices": ["policy", "reference"],
+        },
+    )
+    reward_weights: list[float] | None = field(
+        default=None,
+        metadata={"help": "Online mode: weight of each reward function in the summed reward. None: all 1."},
     )
 
     # Images
@@ -149,6 +221,37 @@ class DiffusionDPOConfig(_BaseConfig):
             raise ValueError(
                 f"DiffusionDPOConfig.prediction_type must be None or one of {list(_PREDICTION_TYPES)}, got "
                 f"{self.prediction_type!r}."
+            )
+        if self.weighting_scheme not in _WEIGHTING_SCHEMES:
+            raise ValueError(
+                f"DiffusionDPOConfig.weighting_scheme must be one of {list(_WEIGHTING_SCHEMES)}, got "
+                f"{self.weighting_scheme!r}."
+            )
+        if not (self.logit_std > 0 and math.isfinite(self.logit_mean)):
+            raise ValueError(
+                f"DiffusionDPOConfig.logit_std must be > 0 (and logit_mean finite), got logit_mean={self.logit_mean}, "
+                f"logit_std={self.logit_std}."
+            )
+        if self.flow_shift is not None and not (math.isfinite(self.flow_shift) and self.flow_shift > 0):
+            raise ValueError(f"DiffusionDPOConfig.flow_shift must be None or a number > 0, got {self.flow_shift}.")
+        if self.max_sequence_length is not None and self.max_sequence_length <= 0:
+            raise ValueError(
+                f"DiffusionDPOConfig.max_sequence_length must be None or a positive integer, got "
+                f"{self.max_sequence_length}."
+            )
+        if self.num_generations < 2:
+            raise ValueError(
+                f"DiffusionDPOConfig.num_generations must be >= 2 (a best and a worst image per prompt), got "
+                f"{self.num_generations}."
+            )
+        if self.generation_num_inference_steps <= 0:
+            raise ValueError(
+                "DiffusionDPOConfig.generation_num_inference_steps must be a positive integer, got "
+                f"{self.generation_num_inference_steps}."
+            )
+        if self.generate_with not in ("policy", "reference"):
+            raise ValueError(
+                f"DiffusionDPOConfig.generate_with must be 'policy' or 'reference', got {self.generate_with!r}."
             )
         if self.ties not in ("drop", "raise"):
             raise ValueError(f"DiffusionDPOConfig.ties must be 'drop' or 'raise', got {self.ties!r}.")

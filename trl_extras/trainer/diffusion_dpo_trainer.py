@@ -7,7 +7,8 @@ import copy
 import os
 import textwrap
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -17,14 +18,15 @@ from transformers.trainer import TRAINING_ARGS_NAME
 from trl.trainer.base_trainer import _BaseTrainer
 
 from ..checkpointing import CheckpointSafetyMixin
-from ..collators.diffusion import DiffusionPreferenceCollator
+from ..collators.diffusion import DiffusionPreferenceCollator, DiffusionPromptCollator
 from ..losses.diffusion_dpo import (
     denoising_errors,
-    denoising_target,
     diffusion_dpo_loss,
     diffusion_sft_loss,
     implicit_accuracy,
 )
+from .diffusion import DEFAULT_UNET_LORA_TARGETS, DiffusionFamily, NoiseLevels, family_for
+from .diffusion.online import check_online, sample_online_pairs, validate_prompts
 from .diffusion_dpo_config import DiffusionDPOConfig
 
 if TYPE_CHECKING:
@@ -34,9 +36,6 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_UNET_LORA_TARGETS", "DiffusionDPOTrainer", "SampleImagesCallback"]
 
-#: LoRA targets when ``peft_config.target_modules`` is None: the attention projections, as diffusers' LoRA scripts.
-DEFAULT_UNET_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
-_UNET_DIR = "unet"
 _LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 # Columns the trainer reads: raw image pairs, or what `cache_latents` stores instead.
 _DATA_COLUMNS = ["caption", "chosen", "rejected"]
@@ -47,7 +46,25 @@ _CACHED_COLUMNS = [
     "pooled_prompt_embeds",
     "chosen_time_ids",
     "rejected_time_ids",
+    "prompt_attention_mask",
 ]
+
+
+@dataclass
+class NoisedLatents:
+    """One training step's denoising problem, ``N = len(sides) * B`` rows ``[chosen; rejected]``; rows ``i`` and
+    ``B + i`` (the two images of pair ``i``) share ``noise`` and ``levels``."""
+
+    latents: torch.Tensor  # (N, C, h, w) clean latents x_0, shifted and scaled as the denoiser expects
+    noise: torch.Tensor  # (N, C, h, w) eps
+    levels: NoiseLevels  # (N,) timesteps, and for flow matching sigmas and loss weights
+    noisy_latents: torch.Tensor  # (N, C, h, w) the denoiser's input
+    target: torch.Tensor  # (N, C, h, w) what it should predict (eps, v, x_0, or the velocity eps - x_0)
+
+
+def partial_draw(draw, generator):
+    """``draw(sample, shape, generator)`` with the generator bound, as `DiffusionFamily.sample_noise_levels` takes it."""
+    return lambda sample, shape: draw(sample, shape, generator)
 
 
 class DiffusionDPOTrainer(CheckpointSafetyMixin, _BaseTrainer):
@@ -64,16 +81,22 @@ class DiffusionDPOTrainer(CheckpointSafetyMixin, _BaseTrainer):
     $$\mathcal{L} = -\log\sigma\Big(-\frac{\beta}{2}\big[(e_\theta^{w} - e_\text{ref}^{w}) - (e_\theta^{l} -
     e_\text{ref}^{l})\big]\Big), \qquad \beta = 5000 \text{ by default (the authors' } \beta_\text{dpo}).$$
 
-    The error is against $\epsilon$ for epsilon-prediction models and against the velocity
-    $\sqrt{\bar\alpha_t}\,\epsilon - \sqrt{1-\bar\alpha_t}\,x_0$ for v-prediction models. `loss_type="sft"` trains
-    the paper's SFT baseline, $e_\theta^{w}$ alone. See `trl_extras.losses.diffusion_dpo`.
+    The error is against $\epsilon$ for epsilon-prediction UNets, against the velocity
+    $\sqrt{\bar\alpha_t}\,\epsilon - \sqrt{1-\bar\alpha_t}\,x_0$ for v-prediction UNets, and, for the flow-matching
+    transformers, against $\epsilon - x_0$ at $x_\sigma = (1-\sigma)x_0 + \sigma\epsilon$ (times diffusers' SD3 loss
+    weighting). `loss_type="sft"` trains the paper's SFT baseline, $e_\theta^{w}$ alone. See
+    `trl_extras.losses.diffusion_dpo`.
 
-    Models: UNet pipelines that `DiffusionPipeline.from_pretrained` loads: Stable Diffusion 1.x/2.x (one CLIP text
-    encoder) and SDXL (two encoders, pooled embedding, size/crop micro-conditioning). Only the UNet trains; the VAE and
-    text encoder(s) are frozen. The reference is a frozen copy of the initial UNet for full fine-tuning, or, with
-    `peft_config` (LoRA) or `quantization_config` (QLoRA), the same UNet with its adapters disabled: no second copy.
-    Each step runs one UNet forward over the concatenated `[preferred; dispreferred]` batch with gradients, and one
-    for the reference under `torch.no_grad()`.
+    Models: pipelines that `DiffusionPipeline.from_pretrained` loads, each through a small family adapter
+    (`trl_extras.trainer.diffusion`): Stable Diffusion 1.x/2.x and SDXL (UNet, DDPM), SD3/SD3.5, Flux.1 (dev and
+    schnell) and Sana (diffusion transformers, flow matching). Only the denoiser trains; the VAE and text encoder(s)
+    are frozen. The reference is a frozen copy of the initial denoiser for full fine-tuning, or, with `peft_config`
+    (LoRA) or `quantization_config` (QLoRA), the same network with its adapters disabled: no second copy. Each step
+    runs one forward over the concatenated `[preferred; dispreferred]` batch with gradients, and one for the
+    reference under `torch.no_grad()`.
+
+    Online pairs: with `reward_funcs` (TRL's GRPO reward signature over PIL images), the datasets hold prompts and
+    each step samples `args.num_generations` images per prompt, scores them and trains on the best versus the worst.
 
     Data: a `datasets.Dataset` of Pick-a-Pic rows (`caption`, `jpg_0`, `jpg_1`, `label_0`; ties dropped and counted)
     or of `caption`/`chosen`/`rejected` rows, checked and normalised by `trl_extras.data.validate_image_pair_dataset`,
@@ -143,6 +166,7 @@ class DiffusionDPOTrainer(CheckpointSafetyMixin, _BaseTrainer):
         optimizers: tuple = (None, None),
         peft_config: LoraConfig | None = None,
         quantization_config: Any = None,
+        reward_funcs: Callable | list[Callable] | None = None,
     ):
         """
         Args:
@@ -158,90 +182,99 @@ class DiffusionDPOTrainer(CheckpointSafetyMixin, _BaseTrainer):
             quantization_config: QLoRA: a `diffusers.BitsAndBytesConfig` (with `peft_config`) or a
                 `trl_extras.QLoRAConfig` (which also gives the LoRA settings), used to load the UNet in 4 bit when
                 `model` is a path. diffusers' bitsandbytes loader needs a CUDA GPU.
+            reward_funcs: online pairs: one or more functions with TRL's GRPO reward signature,
+                ``f(prompts: list[str], completions: list[PIL.Image], **columns) -> list[float]``. The datasets then
+                hold prompts (a ``prompt`` or ``caption`` column); each step samples `args.num_generations` images
+                per prompt, scores them (weighted by `args.reward_weights`) and trains on the best versus the worst.
         """
-        from diffusers import DDPMScheduler
-
         if args is None:
             name = model if isinstance(model, str) else "pipeline"
             args = DiffusionDPOConfig(f"{os.path.basename(str(name).rstrip('/'))}-DiffusionDPO")
         if train_dataset is None:
             raise ValueError("DiffusionDPOTrainer needs a `train_dataset`.")
 
+        if reward_funcs is not None and not isinstance(reward_funcs, (list, tuple)):
+            reward_funcs = [reward_funcs]
+        self.reward_funcs = list(reward_funcs or [])
+        self.online = bool(self.reward_funcs)
+        if self.online:
+            check_online(self.reward_funcs, args)
         # Data first: a bad row fails before any model is loaded.
-        train_dataset = _validate(train_dataset, args)
+        check = partial(validate_prompts, validate_pairs=_validate) if self.online else _validate
+        check = partial(check, args=args)
+        columns = set(getattr(train_dataset, "column_names", None) or [])
+        if self.online and {"chosen", "jpg_0"} & columns:
+            raise ValueError(
+                "`reward_funcs` given: online Diffusion-DPO samples its own images and trains on prompts, but the "
+                f"train dataset has image-pair columns {sorted(columns)}. Pass prompts only (e.g. "
+                "`dataset.select_columns(['caption'])`), or drop `reward_funcs` to train on these pairs."
+            )
+        train_dataset = check(train_dataset)
         if isinstance(eval_dataset, dict):
-            eval_dataset = {key: _validate(value, args) for key, value in eval_dataset.items()}
+            eval_dataset = {key: check(value) for key, value in eval_dataset.items()}
         elif eval_dataset is not None:
-            eval_dataset = _validate(eval_dataset, args)
+            eval_dataset = check(eval_dataset)
 
         peft_config, quantization_config = _resolve_qlora(peft_config, quantization_config)
         pipeline = _load_pipeline(model, args, quantization_config)
         self.pipeline = pipeline
-        self.is_sdxl = getattr(pipeline.unet.config, "addition_embed_type", None) == "text_time"
-        unet = pipeline.unet
+        self.family: DiffusionFamily = family_for(pipeline, args)
+        denoiser, kind = self.family.denoiser, self.family.denoiser_name
 
         # Frozen parts.
         for module in self._frozen_modules():
             module.requires_grad_(False)
             module.eval()
 
-        # Trainable UNet: all of it, or LoRA adapters (the reference is then the same UNet, adapters disabled).
+        # Trainable denoiser: all of it, or LoRA adapters (the reference is then the same network, adapters disabled).
         if peft_config is not None:
-            if getattr(unet, "peft_config", None):
+            if getattr(denoiser, "peft_config", None):
                 raise ValueError(
-                    "`peft_config` was given but the pipeline's UNet already has adapters "
-                    f"({sorted(unet.peft_config)}): pass one or the other."
+                    f"`peft_config` was given but the pipeline's {kind} already has adapters "
+                    f"({sorted(denoiser.peft_config)}): pass one or the other."
                 )
             if peft_config.target_modules is None:
                 peft_config = copy.copy(peft_config)
-                peft_config.target_modules = list(DEFAULT_UNET_LORA_TARGETS)
-            unet.requires_grad_(False)
-            unet.add_adapter(peft_config)
-        self.is_peft = bool(getattr(unet, "peft_config", None))
+                peft_config.target_modules = list(self.family.default_lora_targets)
+            denoiser.requires_grad_(False)
+            denoiser.add_adapter(peft_config)
+        self.is_peft = bool(getattr(denoiser, "peft_config", None))
         if self.is_peft:
-            for name, parameter in unet.named_parameters():
+            for name, parameter in denoiser.named_parameters():
                 parameter.requires_grad_("lora_" in name)
-        elif getattr(unet, "is_quantized", False):
-            raise ValueError("A quantized UNet can only be trained with LoRA adapters: pass `peft_config`.")
+        elif getattr(denoiser, "is_quantized", False):
+            raise ValueError(f"A quantized {kind} can only be trained with LoRA adapters: pass `peft_config`.")
         else:
-            unet.requires_grad_(True)
-        # Full fine-tuning: a frozen copy of the initial UNet is the reference (the SFT baseline needs none).
-        self.ref_unet = None
+            denoiser.requires_grad_(True)
+        # Full fine-tuning: a frozen copy of the initial denoiser is the reference (the SFT baseline needs none).
+        self.ref_model = None
         if not self.is_peft and args.loss_type != "sft":
-            self.ref_unet = copy.deepcopy(unet).requires_grad_(False).eval()
+            self.ref_model = copy.deepcopy(denoiser).requires_grad_(False).eval()
 
         # transformers' Trainer switches checkpointing on through `model.activation_checkpointing_enable(...)`;
-        # diffusers calls it `enable_gradient_checkpointing()`. Bridge the two names on this UNet.
-        unet.activation_checkpointing_enable = lambda *a, **k: unet.enable_gradient_checkpointing()
+        # diffusers calls it `enable_gradient_checkpointing()`. Bridge the two names on this denoiser.
+        denoiser.activation_checkpointing_enable = lambda *a, **k: denoiser.enable_gradient_checkpointing()
 
-        self.noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
-        if args.prediction_type is not None:
-            self.noise_scheduler.register_to_config(prediction_type=args.prediction_type)
-            pipeline.scheduler.register_to_config(prediction_type=args.prediction_type)
-        self.prediction_type = self.noise_scheduler.config.prediction_type
-        self.resolution = args.resolution or unet.config.sample_size * pipeline.vae_scale_factor
-        if self.resolution % pipeline.vae_scale_factor:
+        self.prediction_type = self.family.prediction_type
+        self.resolution = args.resolution or self.family.default_resolution()
+        multiple = self.family.resolution_multiple()
+        if self.resolution % multiple:
             raise ValueError(
-                f"DiffusionDPOConfig.resolution must be a multiple of the VAE's downsampling factor "
-                f"{pipeline.vae_scale_factor}, got {self.resolution}."
+                f"DiffusionDPOConfig.resolution must be a multiple of {multiple} for this {self.family.name} "
+                f"pipeline (the VAE's downsampling factor times the {kind}'s patch size), got {self.resolution}."
             )
 
+        self.image_collator = self.family.make_collator(self.resolution)
         if data_collator is None:
-            data_collator = DiffusionPreferenceCollator(
-                tokenizer=pipeline.tokenizer,
-                tokenizer_2=getattr(pipeline, "tokenizer_2", None) if self.is_sdxl else None,
-                resolution=self.resolution,
-                center_crop=args.center_crop,
-                random_flip=args.random_flip,
-                loss_type=args.loss_type,
-            )
-        self.image_collator = data_collator
+            data_collator = DiffusionPromptCollator(self.image_collator) if self.online else self.image_collator
+        elif not self.online:
+            self.image_collator = data_collator
 
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._eval_generator: torch.Generator | None = None
 
         super().__init__(
-            model=unet,
+            model=denoiser,
             args=args,
             data_collator=data_collator,
             train_dataset=train_dataset,
@@ -251,30 +284,30 @@ class DiffusionDPOTrainer(CheckpointSafetyMixin, _BaseTrainer):
             optimizers=optimizers,
         )
 
-        # Frozen modules live on the device in the mixed-precision dtype; LoRA's base UNet too (adapters stay fp32).
+        # Frozen modules live on the device in the mixed-precision dtype; LoRA's base weights too (adapters in fp32).
         device, dtype = self.accelerator.device, self._frozen_dtype()
         for module in self._frozen_modules():
             _move(module, device, dtype)
         if self.args.fp16 and getattr(pipeline.vae.config, "force_upcast", False):  # SDXL's VAE overflows in fp16
             _move(pipeline.vae, device, torch.float32)
-        if self.is_peft and not getattr(unet, "is_quantized", False):
-            _move(unet, device, dtype)
-            for parameter in unet.parameters():
+        if self.is_peft and not getattr(denoiser, "is_quantized", False):
+            _move(denoiser, device, dtype)
+            for parameter in denoiser.parameters():
                 if parameter.requires_grad:
                     parameter.data = parameter.data.float()
-        if self.ref_unet is not None:
+        if self.ref_model is not None:
             if self.is_deepspeed_enabled:
                 from trl.models.utils import prepare_deepspeed
 
-                self.ref_unet = prepare_deepspeed(self.ref_unet, self.accelerator)
+                self.ref_model = prepare_deepspeed(self.ref_model, self.accelerator)
             elif self.is_fsdp_enabled:
                 from trl.models.utils import prepare_fsdp
 
-                self.ref_unet = prepare_fsdp(self.ref_unet, self.accelerator)
+                self.ref_model = prepare_fsdp(self.ref_model, self.accelerator)
             else:
-                _move(self.ref_unet, device, dtype)
+                _move(self.ref_model, device, dtype)
 
-        if args.cache_latents:
+        if args.cache_latents and not self.online:
             self.train_dataset = self._cache_dataset(self.train_dataset, "train")
             if isinstance(self.eval_dataset, dict):
                 self.eval_dataset = {k: self._cache_dataset(v, f"eval {k}") for k, v in self.eval_dataset.items()}
@@ -287,9 +320,21 @@ class DiffusionDPOTrainer(CheckpointSafetyMixin, _BaseTrainer):
 
     # ------------------------------------------------------------------ model pieces
 
+    @property
+    def ref_unet(self) -> torch.nn.Module | None:
+        """The frozen reference copy (``ref_model``), under the name of the UNet-only releases."""
+        return self.ref_model
+
+    @ref_unet.setter
+    def ref_unet(self, value: torch.nn.Module | None) -> None:
+        self.ref_model = value
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.family.name == "sdxl"
+
     def _frozen_modules(self) -> list[torch.nn.Module]:
-        names = ["vae", "text_encoder"] + (["text_encoder_2"] if self.is_sdxl else [])
-        return [getattr(self.pipeline, name) for name in names]
+        return self.family.frozen_modules()
 
     def _frozen_dtype(self) -> torch.dtype:
         if self.args.bf16:
@@ -298,48 +343,41 @@ class DiffusionDPOTrainer(CheckpointSafetyMixin, _BaseTrainer):
 
     @contextlib.contextmanager
     def _reference(self, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-        """The reference UNet: the frozen copy, or ``model`` with its adapters disabled for the duration."""
-        if self.ref_unet is not None:
-            yield self.ref_unet
+        """The reference denoiser: the frozen copy, or ``model`` with its adapters disabled for the duration."""
+        if self.ref_model is not None:
+            yield self.ref_model
             return
-        unet = self.accelerator.unwrap_model(model)
-        unet.disable_adapters()
+        denoiser = self.accelerator.unwrap_model(model)
+        denoiser.disable_adapters()
         try:
             yield model
         finally:
-            unet.enable_adapters()
+            denoiser.enable_adapters()
 
     # ------------------------------------------------------------------ encoding
 
     @torch.no_grad()
     def encode_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Collator output -> what the UNet step needs (and what ``cache_latents`` stores), per pair:
+        """Collator output -> what the denoising step needs (and what ``cache_latents`` stores), per pair:
 
-        - ``{side}_latent_dist``: ``(B, 2C, h, w)`` the VAE posterior's mean and log-variance (unscaled);
-        - ``prompt_embeds``: ``(B, L, D)`` text encoder hidden states (SDXL: both encoders' penultimate layers);
-        - SDXL only: ``pooled_prompt_embeds`` ``(B, D2)`` and ``{side}_time_ids`` ``(B, 6)`` (original size, crop
-          top-left, target size).
+        - ``{side}_latent_dist``: ``(B, 2C, h, w)`` the VAE posterior's mean and log-variance (unscaled), or Sana's
+          deterministic DC-AE latent ``(B, C, h, w)`` (`DiffusionFamily.encode_images`);
+        - the family's text conditioning (`DiffusionFamily.encode_conditioning`): ``prompt_embeds`` ``(B, L, D)``;
+          SDXL, SD3 and Flux also ``pooled_prompt_embeds`` ``(B, D2)``; SDXL ``{side}_time_ids`` ``(B, 6)``; Sana
+          ``prompt_attention_mask`` ``(B, L)``.
         """
         pipeline, device = self.pipeline, self.accelerator.device
-        sides = ("chosen",) if self.args.loss_type == "sft" else ("chosen", "rejected")
+        sides = self._sides()
         encoded = {}
         with self.accelerator.autocast():
             for side in sides:
                 pixels = batch[f"{side}_pixel_values"].to(device, dtype=pipeline.vae.dtype)
-                encoded[f"{side}_latent_dist"] = pipeline.vae.encode(pixels).latent_dist.parameters.float()
-                if self.is_sdxl:
-                    target = torch.tensor([self.resolution, self.resolution]).expand(len(pixels), 2)
-                    time_ids = [batch[f"{side}_original_sizes"], batch[f"{side}_crop_top_lefts"], target]
-                    encoded[f"{side}_time_ids"] = torch.cat([t.to(device) for t in time_ids], dim=1).float()
-            input_ids = batch["input_ids"].to(device)
-            if not self.is_sdxl:
-                encoded["prompt_embeds"] = pipeline.text_encoder(input_ids)[0].float()
-            else:
-                first = pipeline.text_encoder(input_ids, output_hidden_states=True)
-                second = pipeline.text_encoder_2(batch["input_ids_2"].to(device), output_hidden_states=True)
-                encoded["prompt_embeds"] = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], -1).float()
-                encoded["pooled_prompt_embeds"] = second.text_embeds.float()
+                encoded[f"{side}_latent_dist"] = self.family.encode_images(pixels)
+            encoded.update(self.family.encode_conditioning(batch, sides, self.resolution, device))
         return encoded
+
+    def _sides(self) -> tuple[str, ...]:
+        return ("chosen",) if self.args.loss_type == "sft" else ("chosen", "rejected")
 
     def _cache_dataset(self, dataset: Dataset, name: str) -> Dataset:
         """``cache_latents``: map ``dataset`` through the image collator and ``encode_batch`` once."""
@@ -360,17 +398,6 @@ class DiffusionDPOTrainer(CheckpointSafetyMixin, _BaseTrainer):
             desc=f"Caching VAE latents and text embeddings ({name})",
         ).with_format("torch")
 
-    def _sample_latents(self, latent_dist: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """Draw a latent from the VAE posterior parameters and scale it as the UNet expects. ``(B, 2C, h, w) ->
-        (B, C, h, w)``"""
-        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
-
-        config = self.pipeline.vae.config
-        latents = DiagonalGaussianDistribution(latent_dist.float()).sample(generator=generator)
-        if getattr(config, "shift_factor", None) is not None:
-            latents = latents - config.shift_factor
-        return latents * config.scaling_factor
-
     def _draw(self, sample, shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
         """``sample(shape)`` for this process. transformers seeds every process alike, so all processes draw one
         block for all of them (their RNG streams stay in step) and each keeps its own slice: no two processes share
@@ -382,38 +409,61 @@ class DiffusionDPOTrainer(CheckpointSafetyMixin, _BaseTrainer):
 
     # ------------------------------------------------------------------ loss
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if "prompt_embeds" not in inputs:  # raw images; with `cache_latents` the dataset already holds these
-            inputs = self.encode_batch(inputs)
-        mode = "train" if self.model.training else "eval"
-        generator = None if mode == "train" else self._eval_generator
-        sides = ("chosen",) if self.args.loss_type == "sft" else ("chosen", "rejected")
-
-        # [chosen; rejected] latents, one noise and one timestep per pair, shared by both images
-        latents = torch.cat([self._sample_latents(inputs[f"{side}_latent_dist"], generator) for side in sides])
+    def noised_latents(self, inputs: dict[str, torch.Tensor], generator: torch.Generator | None) -> NoisedLatents:
+        """One step's denoising problem for the ``[chosen; rejected]`` latents of ``inputs``: the latents drawn from
+        the VAE posteriors, one noise and one noise level per pair shared by both of its images, the noised latents
+        and the target (by the family's adapter)."""
+        sides = self._sides()
+        latents = torch.cat([self._latents(inputs, side, generator) for side in sides])
         num_pairs = inputs["prompt_embeds"].shape[0]
         noise = self._draw(torch.randn, latents[:num_pairs].shape, generator).repeat(len(sides), 1, 1, 1)
-        num_timesteps = self.noise_scheduler.config.num_train_timesteps
-        timesteps = self._draw(partial(torch.randint, 0, num_timesteps), (num_pairs,), generator).repeat(len(sides))
-        noisy_latents = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        target = denoising_target(self.prediction_type, latents, noise, timesteps, self.noise_scheduler)
-        conditioning = {"encoder_hidden_states": inputs["prompt_embeds"].repeat(len(sides), 1, 1)}
-        if self.is_sdxl:
-            conditioning["added_cond_kwargs"] = {
-                "text_embeds": inputs["pooled_prompt_embeds"].repeat(len(sides), 1),
-                "time_ids": torch.cat([inputs[f"{side}_time_ids"] for side in sides]),
-            }
+        draw = partial_draw(self._draw, generator)
+        levels = self.family.sample_noise_levels(num_pairs, draw, tuple(latents.shape)).repeat(len(sides))
+        return NoisedLatents(
+            latents=latents,
+            noise=noise,
+            levels=levels,
+            noisy_latents=self.family.add_noise(latents, noise, levels),
+            target=self.family.target(latents, noise, levels),
+        )
 
-        model_pred = model(noisy_latents, timesteps, **conditioning, return_dict=False)[0]
-        model_errors = denoising_errors(model_pred, target)  # (len(sides) * B,)
+    def _latents(self, inputs, side: str, generator) -> torch.Tensor:
+        if f"{side}_latents" in inputs:  # online pairs: the sampled latents themselves
+            return inputs[f"{side}_latents"]
+        return self.family.sample_latents(inputs[f"{side}_latent_dist"], generator)
+
+    # ------------------------------------------------------------------ online pairs
+
+    def online_pairs(
+        self, inputs: dict[str, Any], generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Prompts -> a batch of best-versus-worst pairs: sample ``K = args.num_generations`` images per prompt with
+        the policy or the reference, score them with the reward functions, keep the highest- and lowest-reward
+        latents of each prompt (``chosen_latents``/``rejected_latents`` ``(P, C, h, w)``, the sampled latents
+        themselves) with the prompts' conditioning. See `trl_extras.trainer.diffusion.online`."""
+        return sample_online_pairs(self, inputs, generator)
+
+    # ------------------------------------------------------------------ loss
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if self.model.training else "eval"
+        generator = None if mode == "train" else self._eval_generator
+        if "prompt_embeds" not in inputs:  # raw images or prompts; with `cache_latents` the dataset holds these
+            is_prompts = "chosen_pixel_values" not in inputs  # online mode still evaluates on image pairs
+            inputs = self.online_pairs(inputs, generator) if is_prompts else self.encode_batch(inputs)
+        sides = self._sides()
+        step = self.noised_latents(inputs, generator)
+        model_pred = self.family.predict(model, step.noisy_latents, step.levels, inputs, sides)
+        weights = step.levels.weights
+        model_errors = denoising_errors(model_pred, step.target, weights)  # (len(sides) * B,)
         metrics = {}
         if self.args.loss_type == "sft":
             losses = diffusion_sft_loss(model_errors)
             metrics["diffusion_dpo/model_mse_chosen"] = model_errors.detach()
         else:
             with torch.no_grad(), self.accelerator.autocast(), self._reference(model) as reference:
-                ref_pred = reference(noisy_latents, timesteps, **conditioning, return_dict=False)[0]
-            ref_errors = denoising_errors(ref_pred, target)
+                ref_pred = self.family.predict(reference, step.noisy_latents, step.levels, inputs, sides)
+            ref_errors = denoising_errors(ref_pred, step.target, weights)
             model_errors_w, model_errors_l = model_errors.chunk(2)
             ref_errors_w, ref_errors_l = ref_errors.chunk(2)
             losses, chosen_rewards, rejected_rewards = diffusion_dpo_loss(
@@ -464,7 +514,10 @@ class DiffusionDPOTrainer(CheckpointSafetyMixin, _BaseTrainer):
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
-            self._signature_columns = _DATA_COLUMNS + _CACHED_COLUMNS
+            if self.online:  # every column reaches the reward functions, as in GRPO
+                self._signature_columns = list(self.train_dataset.column_names or []) + _DATA_COLUMNS
+            else:
+                self._signature_columns = _DATA_COLUMNS + _CACHED_COLUMNS
 
     def _send_telemetry(self):
         return
@@ -476,26 +529,19 @@ class DiffusionDPOTrainer(CheckpointSafetyMixin, _BaseTrainer):
         if not self.args.should_save:
             return
         os.makedirs(output_dir, exist_ok=True)
-        unet = self.accelerator.unwrap_model(self.model)
+        denoiser, subfolder = self.accelerator.unwrap_model(self.model), self.family.denoiser_name
         if self.is_peft:
-            from diffusers.utils import convert_state_dict_to_diffusers
-            from peft.utils import get_peft_model_state_dict
-
-            lora_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, state_dict=state_dict))
-            type(self.pipeline).save_lora_weights(
-                output_dir,
-                unet_lora_layers=lora_layers,
-                unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
-            )
+            lora_layers = self.family.lora_layers(denoiser, state_dict)
+            self.family.save_lora_weights(output_dir, lora_layers, denoiser.peft_config["default"].to_dict())
         elif state_dict is None:
-            unet.save_pretrained(os.path.join(output_dir, _UNET_DIR))
+            denoiser.save_pretrained(os.path.join(output_dir, subfolder))
         else:  # gathered by DeepSpeed / FSDP
             import safetensors.torch
 
-            unet.save_config(os.path.join(output_dir, _UNET_DIR))
+            denoiser.save_config(os.path.join(output_dir, subfolder))
             safetensors.torch.save_file(
                 {key: value.contiguous() for key, value in state_dict.items()},
-                os.path.join(output_dir, _UNET_DIR, "diffusion_pytorch_model.safetensors"),
+                os.path.join(output_dir, subfolder, "diffusion_pytorch_model.safetensors"),
             )
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
 
@@ -503,23 +549,23 @@ class DiffusionDPOTrainer(CheckpointSafetyMixin, _BaseTrainer):
         super().save_model(output_dir, _internal_call=_internal_call)
         if _internal_call or self.is_peft or not self.args.should_save:
             return
-        # A full fine-tune saved by the user: write the frozen components next to `unet/`, so the directory is a
-        # complete pipeline (`DiffusionPipeline.from_pretrained(output_dir)`).
+        # A full fine-tune saved by the user: write the frozen components next to `unet/` (`transformer/`), so the
+        # directory is a complete pipeline (`DiffusionPipeline.from_pretrained(output_dir)`).
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         self.pipeline.save_config(output_dir)
         for name, component in self.pipeline.components.items():
-            if name != "unet" and hasattr(component, "save_pretrained"):
+            if name != self.family.denoiser_name and hasattr(component, "save_pretrained"):
                 component.save_pretrained(os.path.join(output_dir, name))
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        unet = self.accelerator.unwrap_model(model if model is not None else self.model)
+        denoiser = self.accelerator.unwrap_model(model if model is not None else self.model)
         lora_file = os.path.join(resume_from_checkpoint, _LORA_WEIGHTS_NAME)
-        unet_dir = os.path.join(resume_from_checkpoint, _UNET_DIR)
+        denoiser_dir = os.path.join(resume_from_checkpoint, self.family.denoiser_name)
         if self.is_peft and os.path.isfile(lora_file):
-            _load_lora_into(unet, lora_file)
-        elif not self.is_peft and os.path.isdir(unet_dir):
-            saved = type(unet).from_pretrained(unet_dir, torch_dtype=unet.dtype)
-            unet.load_state_dict(saved.state_dict())
+            _load_lora_into(denoiser, lora_file, prefix=self.family.denoiser_name)
+        elif not self.is_peft and os.path.isdir(denoiser_dir):
+            saved = type(denoiser).from_pretrained(denoiser_dir, torch_dtype=denoiser.dtype)
+            denoiser.load_state_dict(saved.state_dict())
         else:
             super()._load_from_checkpoint(resume_from_checkpoint, model)
 
@@ -537,11 +583,11 @@ class DiffusionDPOTrainer(CheckpointSafetyMixin, _BaseTrainer):
 
     @torch.no_grad()
     def generate_samples(self, prompts: list[str]):
-        """Render ``prompts`` with the current UNet (seed ``args.seed``); returns a list of PIL images."""
-        unet = self.accelerator.unwrap_model(self.model)
-        was_training = unet.training
-        unet.eval()
-        kwargs = {"num_inference_steps": self.args.sample_num_inference_steps}
+        """Render ``prompts`` with the current denoiser (seed ``args.seed``); returns a list of PIL images."""
+        denoiser = self.accelerator.unwrap_model(self.model)
+        was_training = denoiser.training
+        denoiser.eval()
+        kwargs = {"num_inference_steps": self.args.sample_num_inference_steps, **self.family.sample_kwargs()}
         if self.args.sample_guidance_scale is not None:
             kwargs["guidance_scale"] = self.args.sample_guidance_scale
         generator = torch.Generator(device="cpu").manual_seed(self.args.seed)
@@ -552,7 +598,7 @@ class DiffusionDPOTrainer(CheckpointSafetyMixin, _BaseTrainer):
                     prompts, generator=generator, height=self.resolution, width=self.resolution, **kwargs
                 ).images
         finally:
-            unet.train(was_training)
+            denoiser.train(was_training)
         return images
 
 
@@ -624,45 +670,38 @@ def _resolve_qlora(peft_config, quantization_config):
 
 
 def _load_pipeline(model, args: DiffusionDPOConfig, quantization_config) -> DiffusionPipeline:
-    from diffusers import DiffusionPipeline, UNet2DConditionModel
+    """``model`` loaded (a path or Hub id) or as given; with ``quantization_config`` the denoiser (``unet`` or
+    ``transformer``) is loaded in 4 bit through diffusers' bitsandbytes quantizer (CUDA only)."""
+    import diffusers
+    from diffusers import DiffusionPipeline
 
-    if isinstance(model, str):
-        kwargs = dict(args.model_init_kwargs or {})
-        index = DiffusionPipeline.load_config(model, **{k: v for k, v in kwargs.items() if k in ("revision",)})
-        if "safety_checker" in index:  # SD 1.x ships an NSFW classifier the trainer never uses
-            kwargs.setdefault("safety_checker", None)
-            kwargs.setdefault("requires_safety_checker", False)
-        if quantization_config is not None:
-            if not torch.cuda.is_available():
-                raise RuntimeError(
-                    "`quantization_config` (QLoRA) loads the UNet in 4 bit through diffusers' bitsandbytes "
-                    "quantizer, which requires a CUDA GPU (diffusers raises 'No GPU found' on CPU). Train with LoRA "
-                    "only (`peft_config`) on this machine."
-                )
-            unet_kwargs = {k: v for k, v in kwargs.items() if k in ("revision", "variant", "torch_dtype")}
-            kwargs["unet"] = UNet2DConditionModel.from_pretrained(
-                model, subfolder="unet", quantization_config=quantization_config, **unet_kwargs
-            )
-        pipeline = DiffusionPipeline.from_pretrained(model, **kwargs)
-    else:
+    if not isinstance(model, str):
         if quantization_config is not None:
             raise ValueError(
                 "`quantization_config` only applies when `model` is a path; a loaded pipeline is used as it is."
             )
-        pipeline = model
-    unet = getattr(pipeline, "unet", None)
-    if unet is None or getattr(pipeline, "vae", None) is None or getattr(pipeline, "text_encoder", None) is None:
-        raise ValueError(
-            "DiffusionDPOTrainer trains UNet text-to-image pipelines (Stable Diffusion 1.x/2.x, SDXL) with `unet`, "
-            f"`vae` and `text_encoder` components; got {type(pipeline).__name__} with components "
-            f"{sorted(name for name, value in pipeline.components.items() if value is not None)}."
+        return model
+    kwargs = dict(args.model_init_kwargs or {})
+    index = DiffusionPipeline.load_config(model, **{k: v for k, v in kwargs.items() if k in ("revision",)})
+    if "safety_checker" in index:  # SD 1.x ships an NSFW classifier the trainer never uses
+        kwargs.setdefault("safety_checker", None)
+        kwargs.setdefault("requires_safety_checker", False)
+    if quantization_config is not None:
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                "`quantization_config` (QLoRA) loads the denoiser in 4 bit through diffusers' bitsandbytes "
+                "quantizer, which requires a CUDA GPU (diffusers raises 'No GPU found' on CPU). Train with LoRA "
+                "only (`peft_config`) on this machine."
+            )
+        subfolder = "unet" if "unet" in index else "transformer"
+        if subfolder not in index:
+            raise ValueError(f"{model}/model_index.json names neither a `unet` nor a `transformer` to quantize.")
+        denoiser_class = getattr(diffusers, index[subfolder][1])
+        denoiser_kwargs = {k: v for k, v in kwargs.items() if k in ("revision", "variant", "torch_dtype")}
+        kwargs[subfolder] = denoiser_class.from_pretrained(
+            model, subfolder=subfolder, quantization_config=quantization_config, **denoiser_kwargs
         )
-    if (
-        getattr(unet.config, "addition_embed_type", None) == "text_time"
-        and getattr(pipeline, "text_encoder_2", None) is None
-    ):
-        raise ValueError("This SDXL-style UNet needs the pipeline's `text_encoder_2` (pooled text embeddings).")
-    return pipeline
+    return DiffusionPipeline.from_pretrained(model, **kwargs)
 
 
 def _move(module: torch.nn.Module, device, dtype: torch.dtype) -> None:
@@ -691,14 +730,19 @@ def _validate(dataset, args: DiffusionDPOConfig):
     )
 
 
-def _load_lora_into(unet: torch.nn.Module, lora_file: str) -> None:
-    """Load a ``pytorch_lora_weights.safetensors`` written by ``_save`` into the UNet's ``default`` adapter."""
+def _load_lora_into(denoiser: torch.nn.Module, lora_file: str, prefix: str = "unet") -> None:
+    """Load a ``pytorch_lora_weights.safetensors`` written by ``_save`` into the denoiser's ``default`` adapter
+    (keys ``<prefix>.<module>.lora_A.weight``, ``prefix`` ``"unet"`` or ``"transformer"``)."""
     import safetensors.torch
     from diffusers.utils import convert_unet_state_dict_to_peft
     from peft.utils import set_peft_model_state_dict
 
     state_dict = safetensors.torch.load_file(lora_file)
-    state_dict = {key.removeprefix("unet."): value for key, value in state_dict.items() if key.startswith("unet.")}
-    result = set_peft_model_state_dict(unet, convert_unet_state_dict_to_peft(state_dict), adapter_name="default")
+    state_dict = {
+        key.removeprefix(f"{prefix}."): value for key, value in state_dict.items() if key.startswith(f"{prefix}.")
+    }
+    result = set_peft_model_state_dict(denoiser, convert_unet_state_dict_to_peft(state_dict), adapter_name="default")
     if getattr(result, "unexpected_keys", None):
-        raise ValueError(f"{lora_file} has LoRA weights this UNet's adapter does not: {result.unexpected_keys[:5]}")
+        raise ValueError(
+            f"{lora_file} has LoRA weights this {prefix}'s adapter does not: {result.unexpected_keys[:5]}"
+        )
