@@ -54,8 +54,6 @@ SMALL_BATCH = {"sft": 8, "diffusion-dpo": 4, "mdpo": 4}
 # Dry run on a CPU: trainers checked with LoRA instead of QLoRA, and why
 CPU_LORA_ONLY = {
     "diffusion-dpo": "diffusers' 4-bit loader needs CUDA",
-    "reward": "QLoRA of the reward model fails on a CPU: the `score` head stays bfloat16 while the hidden states are "
-    "float32 (`expected m1 and m2 to have the same dtype`); the GPU run checks it in bfloat16",
 }
 
 
