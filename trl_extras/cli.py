@@ -490,6 +490,20 @@ def _setup_errors() -> tuple[type[BaseException], ...]:
     return ConfigError, RewardFunctionError, LaunchError, ValueError, TypeError, OSError, ImportError
 
 
+def _quiet_checkpointing_renames() -> None:
+    """transformers 5 renamed ``gradient_checkpointing*`` to ``activation_checkpointing*`` and warns on every use of
+    the old names; TRL 1.16's configs (GRPOConfig's default ``gradient_checkpointing=True``) and its
+    ``disable_gradient_checkpointing`` use them on every online run, which a user cannot act on. Likewise torch's
+    notice that ``pin_memory`` (a Trainer default) does nothing without an accelerator. The CLI hides those two
+    notices only; every other warning shows."""
+    import warnings
+
+    warnings.filterwarnings(
+        "ignore", message=r"`(is_)?gradient_checkpointing\w*` is deprecated", category=FutureWarning
+    )
+    warnings.filterwarnings("ignore", message=r"'pin_memory' argument is set as true but no accelerator is found")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``trl-extras``; returns the exit status (0 on success)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -515,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
 
     debug = os.environ.get("TRL_EXTRAS_DEBUG", "") not in ("", "0")
+    _quiet_checkpointing_renames()
     try:
         return _run(command, rest)
     except _CLIError as error:
