@@ -344,3 +344,17 @@ def test_example_scripts_are_the_cli_with_the_shipped_config(name, monkeypatch):
     assert exit_.value.code == 0
     subcommand = name.replace("_", "-")  # examples/diffusion_dpo.py runs `trl-extras diffusion-dpo`
     assert calls == [[subcommand, "--config", str(REPO / "configs" / f"{name}.yaml"), "--max_steps", "3"]]
+
+
+def test_main_job_console_has_no_future_warning(builtin_cache, tmp_path):
+    """The README's main job (ReMax on the built-in task) in a fresh interpreter that shows every warning once: no
+    FutureWarning (transformers 5's checkpointing renames, triggered by TRL's own defaults) nor bitsandbytes' kernels
+    notice reaches the console."""
+    command = [sys.executable, "-W", "default", "-m", "trl_extras.cli", "remax", "--config", "configs/remax.yaml"]
+    command += ["--output_dir", str(tmp_path), *FAST]
+    env = {**os.environ, "TRL_EXTRAS_CACHE": str(builtin_cache), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ground-truth reward" in result.stdout
+    assert "FutureWarning" not in result.stderr, result.stderr[-3000:]
+    assert "kernels-community" not in result.stdout + result.stderr
