@@ -244,7 +244,8 @@ def train_policy(method: Method, value, seed: int, setup: Setup):
             from trl_extras import PPOTrainer as Trainer
 
             # one completion per prompt; the same number of rollouts as the others, each optimised ppo_epochs times
-            common.update(num_ppo_epochs=sizes.ppo_epochs)
+            # lam=0.95: TRL 1.12's recipe for a critic that starts from the RM (our default 1.0 suits a fresh critic)
+            common.update(num_ppo_epochs=sizes.ppo_epochs, lam=0.95)
             steps = sizes.online_steps * sizes.ppo_epochs
             extra["value_model"] = setup.reward_model_path  # the classic recipe: the critic starts from the RM
         elif method.name == "ReMax":
