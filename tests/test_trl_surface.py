@@ -14,8 +14,10 @@ import trl
 import trl.trainer.dpo_trainer as dpo_module
 from trl import DPOTrainer, GRPOConfig, GRPOTrainer
 from trl.trainer.base_trainer import _BaseTrainer
+from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
+from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
-from trl_extras import _trl_compat
+from trl_extras import MDPOTrainer, PPOTrainer, ReMaxTrainer, UnlikelihoodTrainer, _trl_compat
 
 TRL_CLASSES = {"DPOTrainer": DPOTrainer, "GRPOTrainer": GRPOTrainer}
 TRL_SOURCES = {"DPOTrainer": "trainer/dpo_trainer.py", "GRPOTrainer": "trainer/grpo_trainer.py"}
@@ -219,3 +221,66 @@ def test_the_scan_finds_a_private_access(tmp_path):
     )
     found = _violations(sample, _trl_private_names(), {"_compute_loss"})
     assert [v.split(":")[0] for v in found] == ["line 2", "line 3", "line 6"], found
+
+
+# --------------------------------------------------------------- per trainer: what each one reads from its parent
+# moved from tests/test_unlikelihood.py
+def test_unlikelihood_trl_surface():
+    from trl.trainer.utils import FusedCausalLMOutput
+
+    assert _params(UnlikelihoodTrainer.__init__) == _params(DPOTrainer.__init__)
+    assert _params(UnlikelihoodTrainer._compute_loss) == _trl_compat.OVERRIDDEN_HOOKS["DPOTrainer"]["_compute_loss"]
+    init_source = inspect.getsource(DPOTrainer.__init__)
+    # what our _compute_loss reads from the fused LM head and from DPOTrainer's state
+    fields = set(FusedCausalLMOutput.__dataclass_fields__)
+    assert {"log_probs", "entropy", "mean_logits", "is_top1", "aux_loss"} <= fields
+    for attribute in ("aux_loss_enabled", "router_aux_loss_coef"):
+        assert f"self.{attribute} =" in init_source
+    assert DPOTrainer.loss_is_scaled_for_ga is False
+
+
+# moved from tests/test_remax.py
+def test_remax_trl_surface():
+    # the hooks ReMax overrides are pinned by test_overridden_hook_signatures; GRPO's loss is used as it is
+    assert _params(GRPOTrainer._compute_loss) == ["self", "model", "inputs"]
+    assert _params(ReMaxTrainer.__init__) == _params(GRPOTrainer.__init__)  # same constructor arguments
+    # The greedy pass unpacks the parent's `_generate` output and reads these attributes
+    source = inspect.getsource(GRPOTrainer._generate)
+    assert (
+        "return prompt_ids, completion_ids, tool_mask, completions, logprobs, extra_fields, images, tool_images"
+        in source
+    )
+    single_turn = inspect.getsource(GRPOTrainer._generate_single_turn)
+    assert "self.generation_config" in single_turn
+    # One pass: the greedy rows' logits processor is added to this call, on the model `unwrap_model` returns
+    assert "unwrapped_model.generate(" in single_turn and "generation_config=self.generation_config" in single_turn
+    assert "self._generate_single_turn(" in source
+    # ... and transformers applies custom processors after its own and before the sampling warpers
+    from transformers.generation.utils import GenerationMixin
+
+    processors = inspect.getsource(GenerationMixin._get_logits_processor)
+    assert processors.index("(processors, logits_processor)") < processors.index("TemperatureLogitsWarper(")
+
+
+# moved from tests/test_ppo.py
+def test_ppo_trl_surface():
+    # GRPO's private hooks PPO overrides or calls are pinned by the tests above; these are transformers' Trainer's
+    params = _params
+    assert params(GRPOTrainer._compute_loss) == ["self", "model", "inputs"]
+    assert params(GRPOTrainer.create_optimizer) == ["self", "model"]
+    assert params(GRPOTrainer._clip_grad_norm) == ["self", "model"]
+    assert params(GRPOTrainer._save) == ["self", "output_dir", "state_dict"]
+    assert params(GRPOTrainer._load_from_checkpoint) == ["self", "resume_from_checkpoint", "model"]
+    # PPOTrainer takes every GRPOTrainer argument, in GRPO's order, plus `value_model`
+    assert params(PPOTrainer.__init__) == params(GRPOTrainer.__init__) + ["value_model"]
+
+
+# moved from tests/test_mdpo.py
+def test_mdpo_trl_surface():
+    assert _params(MDPOTrainer.__init__) == _params(DPOTrainer.__init__)
+    collator_fields = inspect.signature(DataCollatorForVisionLanguageModeling).parameters
+    assert {"processor", "max_length", "completion_only_loss"} <= set(collator_fields)
+    assert "processor" in inspect.signature(DataCollatorForVisionPreference).parameters
+    # DPOTrainer computes the policy and reference log-probs with the fused LM head, which our forward hooks extend
+    source = inspect.getsource(DPOTrainer._compute_loss)
+    assert "fused_lm_head=True" in source and ".log_probs" in source
