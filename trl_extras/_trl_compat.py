@@ -99,6 +99,11 @@ def add_train_tokens(trainer, num_tokens: int) -> int:
     return trainer._total_train_tokens
 
 
+def total_train_tokens(trainer) -> int:
+    """DPO's running ``_total_train_tokens`` (what it logs as ``num_tokens``)."""
+    return trainer._total_train_tokens
+
+
 def completion_logs(trainer) -> dict:
     """``trainer._logs``: GRPO's per-completion table (``"prompt"``, ``"completion"``, ``"advantages"``, ...), deques
     of the last completions, printed / sent to trackers when ``log_completions`` is on."""
@@ -173,7 +178,8 @@ def per_token_logps_and_entropies(trainer, model, input_ids, attention_mask, log
 
 
 def has_mixed_mesh_grads(trainer, model) -> bool:
-    """``Trainer._has_mixed_mesh_grads(model)`` (transformers', inherited by GRPO): True when gradient clipping must go through GRPO's DTensor path."""
+    """``Trainer._has_mixed_mesh_grads(model)`` (transformers', inherited by GRPO): True when gradient clipping must go
+    through the parent's DTensor-aware path."""
     return trainer._has_mixed_mesh_grads(model)
 
 

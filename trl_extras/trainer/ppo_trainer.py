@@ -227,8 +227,8 @@ class PPOTrainer(CheckpointSafetyMixin, _ppo_legacy.LegacyPPOTrainerMixin, GRPOT
         if num_embeddings < len(_trl_compat.tokenizer(self)):
             raise ValueError(
                 f"The value model has {num_embeddings} token embeddings but the policy's tokenizer has "
-                f"{len(_trl_compat.tokenizer(self))} tokens: the value model reads the policy's token ids, so it must share its "
-                "tokenizer."
+                f"{len(_trl_compat.tokenizer(self))} tokens: the value model reads the policy's token ids, so it must "
+                "share its tokenizer."
             )
         if not any(p.requires_grad for p in self.value_model.parameters()):
             raise ValueError("The value model has no trainable parameters (every `requires_grad` is False).")

@@ -227,7 +227,7 @@ class UnlikelihoodTrainer(CheckpointSafetyMixin, PreferenceLengthCheck, DPOTrain
         metrics["entropy"].append(token_mean(outputs.entropy[:, -seq_len:].detach(), mask.bool()))
         if mode == "train":
             _trl_compat.add_train_tokens(self, gather(inputs["attention_mask"].sum()).sum().item())
-        metrics["num_tokens"] = [_trl_compat.add_train_tokens(self, 0)]
+        metrics["num_tokens"] = [_trl_compat.total_train_tokens(self)]
         chosen_logits, rejected_logits = outputs.mean_logits[:, -seq_len:].detach().chunk(2, dim=0)
         metrics["logits/chosen"].append(token_mean(chosen_logits, chosen_mask))
         metrics["logits/rejected"].append(token_mean(rejected_logits, rejected_mask))
