@@ -669,9 +669,8 @@ class LegacyPPOTrainerMixin:
                     queries = [prompt[-1]["content"] for prompt in prompts]
                 else:
                     completions, queries = texts, prompts
-                rewards = _trl_compat.calculate_rewards(self, inputs, prompts, completions, completion_ids)[
-                    : len(inputs)
-                ]
+                rewards = _trl_compat.calculate_rewards(self, inputs, prompts, completions, completion_ids)
+                rewards = rewards[: len(inputs)]
                 weights = self.reward_weights.to(rewards.device).unsqueeze(0)
                 table["query"].extend(queries)
                 table["model response"].extend(texts)
