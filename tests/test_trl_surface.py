@@ -8,6 +8,7 @@ import ast
 import inspect
 import pathlib
 import re
+import threading
 
 import pytest
 import trl
@@ -111,17 +112,27 @@ def test_dpo_reference_load_is_the_second_create_model_from_path_call():
     assert 'model.add_adapter("ref", default_config)' in init  # the PEFT "ref" adapter UnlikelihoodTrainer deletes
 
 
-def test_dpo_without_reference_model_load_restores_the_module():
+def test_dpo_without_reference_model_load_skips_only_its_own_trainers_reference(monkeypatch):
+    monkeypatch.setattr(dpo_module, "create_model_from_path", lambda path, **kwargs: f"loaded {path}")
     original = dpo_module.create_model_from_path
 
-    class Before:  # no `accelerator` yet: the policy load goes through
+    class Trainer:  # no `accelerator` yet: the policy load goes through
         pass
 
-    trainer = Before()
-    with _trl_compat.dpo_without_reference_model_load(trainer):
-        assert dpo_module.create_model_from_path is not original
-        trainer.accelerator = object()
-        assert dpo_module.create_model_from_path("any/path") is None
+    first, second = Trainer(), Trainer()
+    with _trl_compat.dpo_without_reference_model_load(first):
+        assert dpo_module.create_model_from_path("policy") == "loaded policy"
+        first.accelerator = object()  # Trainer.__init__ ran: the next load is the reference copy
+        assert dpo_module.create_model_from_path("ref") is None
+        # a plain DPOTrainer built in another thread meanwhile still gets its reference model
+        other = []
+        thread = threading.Thread(target=lambda: other.append(dpo_module.create_model_from_path("ref")))
+        thread.start()
+        thread.join()
+        assert other == ["loaded ref"]
+        with _trl_compat.dpo_without_reference_model_load(second):
+            assert dpo_module.create_model_from_path("policy") == "loaded policy"
+        assert dpo_module.create_model_from_path("ref") is None  # the inner exit left the patch for `first`
     assert dpo_module.create_model_from_path is original
 
 

@@ -12,6 +12,8 @@ trainer: those are listed in ``OVERRIDDEN_HOOKS`` with the signature we rely on,
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -184,9 +186,23 @@ def has_mixed_mesh_grads(trainer, model) -> bool:
 
 
 # ---------------------------------------------------------------------------- checks and loads we go around
+# The trainer whose DPOTrainer.__init__ runs in this thread / task, if it wants no reference model
+_skip_reference_for: contextvars.ContextVar = contextvars.ContextVar("trl_extras_skip_reference_for", default=None)
+_reference_patch_lock = threading.Lock()
+_reference_patch_users = 0
+_original_create_model_from_path = None
+
+
+def _create_model_unless_reference(*args, **kwargs):
+    trainer = _skip_reference_for.get()
+    if trainer is not None and hasattr(trainer, "accelerator"):  # after Trainer.__init__: the reference copy
+        return None
+    return _original_create_model_from_path(*args, **kwargs)
+
+
 @contextlib.contextmanager
 def dpo_without_reference_model_load(trainer) -> Iterator[None]:
-    """While ``DPOTrainer.__init__`` runs, make its reference-model load a no-op that returns ``None``.
+    """While ``DPOTrainer.__init__`` runs for ``trainer``, make its reference-model load a no-op returning ``None``.
 
     Relies on: ``DPOTrainer.__init__`` calls the module-level ``trl.trainer.dpo_trainer.create_model_from_path`` at
     most twice: for the policy when ``model`` is a string (before ``Trainer.__init__``) and, without PEFT or
@@ -195,21 +211,27 @@ def dpo_without_reference_model_load(trainer) -> Iterator[None]:
     it in ``DPOTrainer.__init__`` (dropout, fused head, DeepSpeed or FSDP preparation) is skipped by the parent's own
     ``is not None`` checks. ``DPOTrainer`` has no switch for "no reference model": passing a placeholder
     ``ref_model`` would be prepared by DeepSpeed / FSDP, and ``precompute_ref_log_probs`` runs a pass over the data
-    and is refused for vision datasets. The name is swapped on TRL's module for the duration of the call, so a
-    ``DPOTrainer`` built in another thread at that very moment would not get its reference model either.
+    and is refused for vision datasets.
+
+    The name on TRL's module is swapped while at least one such ``__init__`` runs (reference-counted under a lock);
+    which trainer wants no reference is a context variable, so a plain ``DPOTrainer`` built in another thread at the
+    same time still loads its reference model.
     """
-    load = _dpo_trainer_module.create_model_from_path
-
-    def load_policy_only(*args, **kwargs):
-        if hasattr(trainer, "accelerator"):  # after Trainer.__init__: this is the reference copy
-            return None
-        return load(*args, **kwargs)
-
-    _dpo_trainer_module.create_model_from_path = load_policy_only
+    global _reference_patch_users, _original_create_model_from_path
+    with _reference_patch_lock:
+        if _reference_patch_users == 0:
+            _original_create_model_from_path = _dpo_trainer_module.create_model_from_path
+            _dpo_trainer_module.create_model_from_path = _create_model_unless_reference
+        _reference_patch_users += 1
+    token = _skip_reference_for.set(trainer)
     try:
         yield
     finally:
-        _dpo_trainer_module.create_model_from_path = load
+        _skip_reference_for.reset(token)
+        with _reference_patch_lock:
+            _reference_patch_users -= 1
+            if _reference_patch_users == 0:
+                _dpo_trainer_module.create_model_from_path = _original_create_model_from_path
 
 
 class _OneGenerationPerPrompt(int):
