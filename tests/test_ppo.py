@@ -1,13 +1,11 @@
 """PPOTrainer on tiny models: wiring of the rollout, learning, the KL penalty, PEFT/QLoRA, reward models, resuming."""
 
-import inspect
 import os
 
 import pytest
 import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
-from trl import GRPOTrainer
 
 from trl_extras.losses.ppo import gae_advantages_and_returns
 from trl_extras.trainer.ppo_config import PPOConfig
@@ -53,36 +51,7 @@ def rollout_logs(trainer, key):
     return [log[key] for log in trainer.state.log_history if key in log]
 
 
-# ---- TRL surface we build on --------------------------------------------------------------------------------------
-
-
-def test_signatures_of_the_trl_methods_we_override_or_call():
-    def params(fn):
-        return list(inspect.signature(fn).parameters)
-
-    assert params(GRPOTrainer._generate_and_score_completions) == ["self", "inputs"]
-    assert params(GRPOTrainer._calculate_rewards) == [
-        "self",
-        "inputs",
-        "prompts",
-        "completions",
-        "completion_ids_list",
-    ]
-    assert params(GRPOTrainer._compute_loss) == ["self", "model", "inputs"]
-    assert params(GRPOTrainer._prepare_inputs) == ["self", "generation_batch"]
-    assert params(GRPOTrainer.create_optimizer) == ["self", "model"]
-    assert params(GRPOTrainer._clip_grad_norm) == ["self", "model"]
-    assert params(GRPOTrainer._has_mixed_mesh_grads) == ["self", "model"]
-    assert params(GRPOTrainer._save) == ["self", "output_dir", "state_dict"]
-    assert params(GRPOTrainer._save_checkpoint) == ["self", "model", "trial"]
-    assert params(GRPOTrainer._load_from_checkpoint) == ["self", "resume_from_checkpoint", "model"]
-    assert params(GRPOTrainer._load_optimizer_and_scheduler) == ["self", "checkpoint"]
-    assert params(GRPOTrainer._get_per_token_logps_and_entropies)[:8] == [
-        "self", "model", "input_ids", "attention_mask", "logits_to_keep", "batch_size", "compute_entropy",
-        "compute_aux_loss",
-    ]  # fmt: skip
-    # PPOTrainer takes every GRPOTrainer argument, in GRPO's order, plus `value_model`
-    assert params(PPOTrainer.__init__) == params(GRPOTrainer.__init__) + ["value_model"]
+# the TRL surface is pinned in tests/test_trl_surface.py
 
 
 # ---- config -------------------------------------------------------------------------------------------------------

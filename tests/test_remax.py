@@ -1,13 +1,12 @@
 """ReMax: the maths on hand-made tensors, then the trainer on the tiny model against Algorithm 2 of the paper."""
 
-import inspect
 import math
 
 import pytest
 import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from trl import GRPOConfig, GRPOTrainer
+from trl import GRPOConfig
 
 from trl_extras.losses.remax import remax_advantages, remax_loss, weighted_rewards
 from trl_extras.trainer.remax_config import ReMaxConfig
@@ -114,46 +113,6 @@ def test_trainer_rejects_grpo_config_and_tools(tmp_path, tiny_lm_path):
         ReMaxTrainer(tiny_lm_path, target_fraction, args=GRPOConfig(str(tmp_path), bf16=False, report_to="none"))
     with pytest.raises(NotImplementedError, match="tools"):
         ReMaxTrainer(tiny_lm_path, target_fraction, args=make_config(tmp_path), tools=[len])
-
-
-def test_overridden_trl_methods_keep_their_signatures():
-    expected = {
-        "_generate": ["self", "prompts"],
-        "_calculate_rewards": ["self", "inputs", "prompts", "completions", "completion_ids_list"],
-        "_generate_and_score_completions": ["self", "inputs"],
-        "_generate_single_turn": [
-            "self",
-            "prompt_ids",
-            "images",
-            "multimodal_fields",
-            "num_generations",
-            "has_tool_images",
-        ],
-        # used, not overridden
-        "_compute_loss": ["self", "model", "inputs"],
-    }
-    for name, params in expected.items():
-        assert list(inspect.signature(getattr(GRPOTrainer, name)).parameters) == params, name
-    # Same constructor arguments as GRPOTrainer
-    assert list(inspect.signature(ReMaxTrainer.__init__).parameters) == list(
-        inspect.signature(GRPOTrainer.__init__).parameters
-    )
-    # The greedy pass unpacks the parent's `_generate` output and reads these attributes
-    source = inspect.getsource(GRPOTrainer._generate)
-    assert (
-        "return prompt_ids, completion_ids, tool_mask, completions, logprobs, extra_fields, images, tool_images"
-        in source
-    )
-    single_turn = inspect.getsource(GRPOTrainer._generate_single_turn)
-    assert "self.generation_config" in single_turn
-    # One pass: the greedy rows' logits processor is added to this call, on the model `unwrap_model` returns
-    assert "unwrapped_model.generate(" in single_turn and "generation_config=self.generation_config" in single_turn
-    assert "self._generate_single_turn(" in source
-    # ... and transformers applies custom processors after its own and before the sampling warpers
-    from transformers.generation.utils import GenerationMixin
-
-    processors = inspect.getsource(GenerationMixin._get_logits_processor)
-    assert processors.index("(processors, logits_processor)") < processors.index("TemperatureLogitsWarper(")
 
 
 # -------------------------------------------------------------------------------------- the trainer vs Algorithm 2

@@ -3,7 +3,6 @@ DPO-compatible inputs (formats, PEFT, QLoRA, VLM) and the TRL hooks it relies on
 
 from __future__ import annotations
 
-import inspect
 import math
 import warnings
 
@@ -503,40 +502,4 @@ def test_model_card_tags_and_citation(tiny_lm_path, tokenizer, tmp_path):
     assert "welleck2020neural" in card and "Neural Text Generation with Unlikelihood Training" in card
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# The TRL surface we override or rely on: fail here first when TRL moves
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def test_trl_signatures_we_override():
-    import trl.trainer.dpo_trainer as dpo_module
-    from trl.trainer.utils import FusedCausalLMOutput
-
-    parent_init = inspect.signature(DPOTrainer.__init__).parameters
-    assert list(inspect.signature(UnlikelihoodTrainer.__init__).parameters) == list(parent_init)
-    assert list(inspect.signature(DPOTrainer._compute_loss).parameters) == [
-        "self",
-        "model",
-        "inputs",
-        "return_outputs",
-    ]
-    assert list(inspect.signature(UnlikelihoodTrainer._compute_loss).parameters) == [
-        "self",
-        "model",
-        "inputs",
-        "return_outputs",
-    ]
-    compute_loss = inspect.signature(DPOTrainer.compute_loss).parameters
-    assert list(compute_loss) == ["self", "model", "inputs", "return_outputs", "num_items_in_batch"]
-    assert "_compute_loss(model, inputs, return_outputs)" in inspect.getsource(DPOTrainer.compute_loss)
-    # the reference-model load we turn into a no-op, and the PEFT "ref" adapter we delete
-    init_source = inspect.getsource(DPOTrainer.__init__)
-    assert "self.ref_model = create_model_from_path(ref_model_path" in init_source
-    assert 'model.add_adapter("ref", default_config)' in init_source
-    assert callable(dpo_module.create_model_from_path)
-    # what our _compute_loss reads from the fused LM head and from DPOTrainer's state
-    fields = set(FusedCausalLMOutput.__dataclass_fields__)
-    assert {"log_probs", "entropy", "mean_logits", "is_top1", "aux_loss"} <= fields
-    for attribute in ("aux_loss_enabled", "router_aux_loss_coef", "_metrics", "_total_train_tokens", "_tp_size"):
-        assert f"self.{attribute} =" in init_source
-    assert DPOTrainer.loss_is_scaled_for_ga is False
+# the TRL surface is pinned in tests/test_trl_surface.py

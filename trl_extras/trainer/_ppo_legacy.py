@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import _trl_compat
+
 MIGRATION_PAGE = "docs/ppo.md#migrating-from-trls-old-ppotrainer"
 
 # Defaults that TRL <= 1.12's PPOConfig had and ours does not; a legacy run (old arguments or fields) gets these for
@@ -616,7 +618,7 @@ class LegacyPPOTrainerMixin:
     def stop_token_id(self):
         """`args.stop_token_id`, or the tokenizer's EOS id with `stop_token="eos"` (TRL <= 1.12's attribute)."""
         if getattr(self.args, "stop_token", None) == "eos":
-            return self._tokenizer.eos_token_id
+            return _trl_compat.tokenizer(self).eos_token_id
         return getattr(self.args, "stop_token_id", None)
 
     def generate_completions(self, sampling: bool = False):
@@ -635,7 +637,7 @@ class LegacyPPOTrainerMixin:
         batch_size = self.args.per_device_eval_batch_size
         rows = [dataset[i] for i in range(min(len(dataset), batch_size) if sampling else len(dataset))]
         model = self.accelerator.unwrap_model(self.model)
-        pad_id = self._tokenizer.pad_token_id
+        pad_id = _trl_compat.tokenizer(self).pad_token_id
         device = self.accelerator.device
         table = {"query": [], "model response": [], "score": []}
         was_training = model.training
@@ -644,7 +646,7 @@ class LegacyPPOTrainerMixin:
             for start in range(0, len(rows), batch_size):
                 inputs = rows[start : start + batch_size]
                 prompts = [row["prompt"] for row in inputs]
-                prompt_ids, _, _ = self._tokenize_prompts(prompts)
+                prompt_ids, _, _ = _trl_compat.tokenize_prompts(self, prompts)
                 width = max(len(ids) for ids in prompt_ids)
                 ids = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompt_ids], device=device)
                 mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=device)
@@ -661,13 +663,14 @@ class LegacyPPOTrainerMixin:
                 for row in output[:, width:].tolist():
                     end = next((i + 1 for i, t in enumerate(row) if t in self.eos_token_ids), len(row))
                     completion_ids.append(row[:end])
-                texts = self._tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+                texts = _trl_compat.tokenizer(self).batch_decode(completion_ids, skip_special_tokens=True)
                 if is_conversational({"prompt": prompts[0]}):
                     completions = [[{"role": "assistant", "content": text}] for text in texts]
                     queries = [prompt[-1]["content"] for prompt in prompts]
                 else:
                     completions, queries = texts, prompts
-                rewards = self._calculate_rewards(inputs, prompts, completions, completion_ids)[: len(inputs)]
+                rewards = _trl_compat.calculate_rewards(self, inputs, prompts, completions, completion_ids)
+                rewards = rewards[: len(inputs)]
                 weights = self.reward_weights.to(rewards.device).unsqueeze(0)
                 table["query"].extend(queries)
                 table["model response"].extend(texts)

@@ -21,6 +21,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import DPOTrainer
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
+from .. import _trl_compat
 from ..checkpointing import CheckpointSafetyMixin
 from ..data import validate_preference_dataset
 from ..image_corruption import ImageCorruption
@@ -413,7 +414,7 @@ class MDPOTrainer(CheckpointSafetyMixin, DPOTrainer):
         if self.ref_model is not None:
             modules.append(self.accelerator.unwrap_model(self.ref_model))
         modules = list({id(module): module for module in modules}.values())
-        with _fused_forwards_with_extra_rows(modules, extra, self._tokenizer.pad_token_id) as records:
+        with _fused_forwards_with_extra_rows(modules, extra, _trl_compat.tokenizer(self).pad_token_id) as records:
             result = super()._compute_loss(model, inputs, return_outputs)
         dpo_loss = result[0] if return_outputs else result
         if len(records) != 2:
@@ -434,7 +435,7 @@ class MDPOTrainer(CheckpointSafetyMixin, DPOTrainer):
             self._rows_trained += num_pairs
         gather = self.accelerator.gather_for_metrics
         loss = dpo_loss
-        self._metrics[mode]["mdpo/dpo_loss"].append(gather(dpo_loss.detach()).mean().item())
+        _trl_compat.metrics(self)[mode]["mdpo/dpo_loss"].append(gather(dpo_loss.detach()).mean().item())
         if extra is not None:
             corrupted_len = corrupted["completion_mask"].size(1) - 1
             corrupted_chosen_logps = policy_corrupted_log_probs[:, -corrupted_len:].sum(dim=1)  # (B,)
@@ -443,10 +444,10 @@ class MDPOTrainer(CheckpointSafetyMixin, DPOTrainer):
             conditional = conditional_preference_loss(*logps, self.beta).mean()
             loss = loss + conditional_weight * conditional
             margins = gather(conditional_reward_margin(*logps, self.beta).detach())
-            self._metrics[mode]["mdpo/conditional_loss"].append(gather(conditional.detach()).mean().item())
-            self._metrics[mode]["mdpo/conditional_margin"].append(margins.mean().item())
-            self._metrics[mode]["mdpo/conditional_accuracy"].append((margins > 0).float().mean().item())
+            _trl_compat.metrics(self)[mode]["mdpo/conditional_loss"].append(gather(conditional.detach()).mean().item())
+            _trl_compat.metrics(self)[mode]["mdpo/conditional_margin"].append(margins.mean().item())
+            _trl_compat.metrics(self)[mode]["mdpo/conditional_accuracy"].append((margins > 0).float().mean().item())
         anchor = anchor_loss(chosen_logps, ref_chosen_logps, self.beta, self.args.anchor).mean()
         loss = loss + anchor_weight * anchor
-        self._metrics[mode]["mdpo/anchor_loss"].append(gather(anchor.detach()).mean().item())
+        _trl_compat.metrics(self)[mode]["mdpo/anchor_loss"].append(gather(anchor.detach()).mean().item())
         return (loss, result[1]) if return_outputs else loss

@@ -22,6 +22,7 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import disable_dropout_in_model, get_config_model_id, shuffle_sequence_dict, split_tensor_dict
 
+from .. import _trl_compat
 from ..checkpointing import CheckpointSafetyMixin
 from ..data import validate_prompt_dataset
 from ..losses.ppo import (
@@ -218,16 +219,16 @@ class PPOTrainer(CheckpointSafetyMixin, _ppo_legacy.LegacyPPOTrainerMixin, GRPOT
             environment_factory=environment_factory,
         )
         keep_4bit_training_exact(self.model)  # bitsandbytes' CPU repack off, TRL's bf16 adapter cast undone
-        if self._is_vlm:
+        if _trl_compat.is_vlm(self):
             raise NotImplementedError("PPOTrainer supports text-only policies: its value model reads token ids only.")
 
         self._check_value_model_vocabulary(value_model, reward_funcs, args)
         num_embeddings = self.value_model.get_input_embeddings().num_embeddings
-        if num_embeddings < len(self._tokenizer):
+        if num_embeddings < len(_trl_compat.tokenizer(self)):
             raise ValueError(
                 f"The value model has {num_embeddings} token embeddings but the policy's tokenizer has "
-                f"{len(self._tokenizer)} tokens: the value model reads the policy's token ids, so it must share its "
-                "tokenizer."
+                f"{len(_trl_compat.tokenizer(self))} tokens: the value model reads the policy's token ids, so it must "
+                "share its tokenizer."
             )
         if not any(p.requires_grad for p in self.value_model.parameters()):
             raise ValueError("The value model has no trainable parameters (every `requires_grad` is False).")
@@ -294,7 +295,7 @@ class PPOTrainer(CheckpointSafetyMixin, _ppo_legacy.LegacyPPOTrainerMixin, GRPOT
             tokenizer, source = AutoTokenizer.from_pretrained(value_model), f"`value_model` ({value_model})"
         else:
             return
-        policy_vocab, value_vocab = self._tokenizer.get_vocab(), tokenizer.get_vocab()
+        policy_vocab, value_vocab = _trl_compat.tokenizer(self).get_vocab(), tokenizer.get_vocab()
         if policy_vocab == value_vocab:
             return
         differ = sorted(t for t in policy_vocab if value_vocab.get(t) != policy_vocab[t])
@@ -359,8 +360,8 @@ class PPOTrainer(CheckpointSafetyMixin, _ppo_legacy.LegacyPPOTrainerMixin, GRPOT
         with torch.no_grad(), disable_gradient_checkpointing(self.model, args.gradient_checkpointing_kwargs):
             if output.get("old_per_token_logps") is None:
                 # GRPO skips this forward when its loss can use the live log-probs; PPO needs them for the KL reward
-                output["old_per_token_logps"], _, _ = self._get_per_token_logps_and_entropies(
-                    self.model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size
+                output["old_per_token_logps"], _, _ = _trl_compat.per_token_logps_and_entropies(
+                    self, self.model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size
                 )
             self.value_model.train(mode == "train")
             values = self._per_token_values(input_ids, attention_mask, logits_to_keep, batch_size)  # (B, T)
@@ -403,7 +404,7 @@ class PPOTrainer(CheckpointSafetyMixin, _ppo_legacy.LegacyPPOTrainerMixin, GRPOT
         seq_kl = gather((kl * mask).sum(dim=1))
         seq_non_score = gather(non_score_rewards.sum(dim=1))
         all_scores = gather(scores)
-        metrics = self._metrics[mode]
+        metrics = _trl_compat.metrics(self)[mode]
         metrics["objective/kl"].append(seq_kl.mean().item())
         metrics["objective/entropy"].append(gather((-old_logps * mask).sum(dim=1)).mean().item())
         metrics["objective/non_score_reward"].append(seq_non_score.mean().item())
@@ -435,20 +436,22 @@ class PPOTrainer(CheckpointSafetyMixin, _ppo_legacy.LegacyPPOTrainerMixin, GRPOT
         if (
             self.model.training
             and self._rollout is not None
-            and self._buffered_inputs is not None
+            and _trl_compat.buffered_inputs(self) is not None
             and steps_per_rollout > 1
-            and self._step % steps_per_rollout == 0
-            and self._step % (steps_per_rollout * self.num_iterations) != 0
+            and _trl_compat.step(self) % steps_per_rollout == 0
+            and _trl_compat.step(self) % (steps_per_rollout * self.num_iterations) != 0
         ):
-            self._buffered_inputs = split_tensor_dict(shuffle_sequence_dict(self._rollout), steps_per_rollout)
+            _trl_compat.set_buffered_inputs(
+                self, split_tensor_dict(shuffle_sequence_dict(self._rollout), steps_per_rollout)
+            )
         inputs = super()._prepare_inputs(generation_batch)
         # The loss is a token mean over the optimizer step's tokens: every micro-batch of the accumulation window,
         # on every process. Count them here, once per micro-batch, so that 2 processes x 4 rows = 1 x 8 rows and
         # gradient accumulation = the full batch.
         if self.model.training:
             ga = self.args.gradient_accumulation_steps
-            start = self._step % steps_per_rollout // ga * ga
-            local = sum(batch["ppo_mask"].sum() for batch in self._buffered_inputs[start : start + ga])
+            start = _trl_compat.step(self) % steps_per_rollout // ga * ga
+            local = sum(batch["ppo_mask"].sum() for batch in _trl_compat.buffered_inputs(self)[start : start + ga])
         else:
             local = inputs["ppo_mask"].sum()
         return {**inputs, "ppo_num_tokens": self.accelerator.reduce(local.float(), reduction="sum")}
@@ -467,7 +470,8 @@ class PPOTrainer(CheckpointSafetyMixin, _ppo_legacy.LegacyPPOTrainerMixin, GRPOT
         steps_per_rollout = self.args.num_ppo_epochs * self.args.num_mini_batches
         warmup = mode == "train" and self.state.global_step // steps_per_rollout < self.args.critic_warmup_rollouts
         with torch.no_grad() if warmup else contextlib.nullcontext():
-            logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
+            logps, entropies, aux_loss = _trl_compat.per_token_logps_and_entropies(
+                self,
                 model,
                 input_ids,
                 attention_mask,
@@ -505,7 +509,7 @@ class PPOTrainer(CheckpointSafetyMixin, _ppo_legacy.LegacyPPOTrainerMixin, GRPOT
         with torch.no_grad():
             log_ratio = logps - old_logps
             ratio_mean = global_mean(ratio)
-            metrics = self._metrics[mode]
+            metrics = _trl_compat.metrics(self)[mode]
             metrics["policy/approxkl_avg"].append(global_mean(0.5 * log_ratio**2))
             metrics["policy/clipfrac_avg"].append(global_mean(policy_clipped.float()))
             metrics["policy/entropy_avg"].append(global_mean(entropies))
@@ -542,7 +546,7 @@ class PPOTrainer(CheckpointSafetyMixin, _ppo_legacy.LegacyPPOTrainerMixin, GRPOT
 
     def _clip_grad_norm(self, model):
         # Policy and critic form one optimisation problem: clip their joint gradient norm
-        if self._has_mixed_mesh_grads(model):
+        if _trl_compat.has_mixed_mesh_grads(self, model):
             return super()._clip_grad_norm(model)
         params = itertools.chain(model.parameters(), self.value_model.parameters())
         return self.accelerator.clip_grad_norm_(params, self.args.max_grad_norm)
@@ -579,11 +583,11 @@ class PPOTrainer(CheckpointSafetyMixin, _ppo_legacy.LegacyPPOTrainerMixin, GRPOT
         # Every process saves its RNG state here; it saves its rollout beside it. A checkpoint between two PPO epochs
         # (or minibatches) of a rollout resumes with the same rollout, in the same minibatches, at the same step.
         super()._save_rng_state(output_dir)
-        mid_rollout = self._step % (self.args.steps_per_generation * self.num_iterations) != 0
+        mid_rollout = _trl_compat.step(self) % (self.args.steps_per_generation * self.num_iterations) != 0
         state = {
-            "step": self._step,
+            "step": _trl_compat.step(self),
             "rollout": self._rollout if mid_rollout else None,
-            "buffered_inputs": self._buffered_inputs if mid_rollout else None,
+            "buffered_inputs": _trl_compat.buffered_inputs(self) if mid_rollout else None,
         }
         torch.save(state, os.path.join(output_dir, ROLLOUT_NAME.format(self.accelerator.process_index)))
 
@@ -602,9 +606,10 @@ class PPOTrainer(CheckpointSafetyMixin, _ppo_legacy.LegacyPPOTrainerMixin, GRPOT
                 )
             return
         state = torch.load(path, map_location=self.accelerator.device, weights_only=True)
-        self._step = state["step"]
+        _trl_compat.set_step(self, state["step"])
         if state["rollout"] is not None:
-            self._rollout, self._buffered_inputs = state["rollout"], state["buffered_inputs"]
+            self._rollout = state["rollout"]
+            _trl_compat.set_buffered_inputs(self, state["buffered_inputs"])
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)

@@ -17,6 +17,7 @@ from trl import GRPOTrainer
 from trl.extras.profiling import profiling_context
 from trl.trainer.utils import get_config_model_id
 
+from .. import _trl_compat
 from ..checkpointing import CheckpointSafetyMixin
 from ..data import validate_prompt_dataset
 from ..losses.remax import remax_advantages, weighted_rewards
@@ -285,7 +286,7 @@ class ReMaxTrainer(CheckpointSafetyMixin, GRPOTrainer):
         Otherwise the greedy completions come from a second call (``_greedy_decoding``). Set ``disable_dropout=True``
         to get one call with a model that has dropout.
         """
-        if self._is_vlm or self.use_transformers_continuous_batching:
+        if _trl_compat.is_vlm(self) or self.use_transformers_continuous_batching:
             return False
         if self.use_vllm:  # one request with per-row sampling parameters: colocate, one rank per engine
             return self.vllm_mode == "colocate" and self.vllm_generation.tensor_parallel_size == 1
@@ -301,14 +302,16 @@ class ReMaxTrainer(CheckpointSafetyMixin, GRPOTrainer):
         Yields the metrics logged inside the block (they describe the greedy completions). ``num_generations=1``:
         one greedy completion per prompt.
         """
-        saved = (self.num_generations, self.num_generations_eval, self._metrics, self.state.num_input_tokens_seen)
+        saved = (self.num_generations, self.num_generations_eval, self.state.num_input_tokens_seen)
+        saved_metrics = _trl_compat.metrics(self)
         self.num_generations = self.num_generations_eval = 1
-        self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
-        greedy_metrics = self._metrics
+        greedy_metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        _trl_compat.set_metrics(self, greedy_metrics)
         try:
             yield greedy_metrics
         finally:
-            self.num_generations, self.num_generations_eval, self._metrics, self.state.num_input_tokens_seen = saved
+            self.num_generations, self.num_generations_eval, self.state.num_input_tokens_seen = saved
+            _trl_compat.set_metrics(self, saved_metrics)
 
     @contextmanager
     def _greedy_decoding(self):
@@ -408,17 +411,17 @@ class ReMaxTrainer(CheckpointSafetyMixin, GRPOTrainer):
         # Score the greedy completions with the same reward functions and the prompts' dataset columns. What the
         # reward functions log through `log_extra`/`log_metric` on this call describes the greedy completions: extra
         # columns are dropped (they would not line up with the samples' rows), metrics are kept as `remax/greedy/*`.
-        saved_extra, saved_metrics = self._pending_extra_logs, self._pending_metrics
-        self._pending_extra_logs, self._pending_metrics = defaultdict(list), defaultdict(list)
+        saved_extra, saved_metrics = _trl_compat.pending_logs(self)
+        _trl_compat.set_pending_logs(self, defaultdict(list), defaultdict(list))
         try:
             greedy_rewards_per_func = super()._calculate_rewards(
                 inputs[::stride], prompts[::stride], greedy.completions, greedy.completion_ids
             )  # (B // stride, K), gathered over processes
         finally:
-            greedy_logged_metrics = self._pending_metrics
-            self._pending_extra_logs, self._pending_metrics = saved_extra, saved_metrics
+            greedy_logged_metrics = _trl_compat.pending_logs(self)[1]
+            _trl_compat.set_pending_logs(self, saved_extra, saved_metrics)
         for name, values in greedy_logged_metrics.items():
-            self._pending_metrics[f"remax/greedy/{name}"].extend(values)
+            _trl_compat.pending_logs(self)[1][f"remax/greedy/{name}"].extend(values)
         greedy_rewards_per_func = greedy_rewards_per_func[:: num_generations // stride]  # (B // G, K): one per prompt
         self._remax_rewards = (rewards_per_func, greedy_rewards_per_func)
 
@@ -426,15 +429,15 @@ class ReMaxTrainer(CheckpointSafetyMixin, GRPOTrainer):
         if self.log_completions:
             greedy_reward = weighted_rewards(greedy_rewards_per_func, self.reward_weights)
             local = self._local_slice(len(prompts))
-            self._log_completion_extra(
-                "greedy_completion", [c for c in greedy.completions for _ in range(stride)][: len(prompts)]
+            _trl_compat.log_completion_extra(
+                self, "greedy_completion", [c for c in greedy.completions for _ in range(stride)][: len(prompts)]
             )
-            self._log_completion_extra(
-                "greedy_reward", greedy_reward.repeat_interleave(num_generations)[local].tolist()
+            _trl_compat.log_completion_extra(
+                self, "greedy_reward", greedy_reward.repeat_interleave(num_generations)[local].tolist()
             )
         if greedy.mean_length is not None:
             mode = "train" if self.model.training else "eval"
-            self._metrics[mode]["remax/greedy_mean_length"].append(greedy.mean_length)
+            _trl_compat.metrics(self)[mode]["remax/greedy_mean_length"].append(greedy.mean_length)
         return rewards_per_func
 
     def _local_slice(self, local_size: int) -> slice:
@@ -455,7 +458,7 @@ class ReMaxTrainer(CheckpointSafetyMixin, GRPOTrainer):
         output["advantages"] = advantages[self._local_slice(len(output["advantages"]))]
 
         # The completions table logged GRPO's advantages for this batch: replace them with ours.
-        logged = self._logs["advantages"]
+        logged = _trl_compat.completion_logs(self)["advantages"]
         replace = min(len(advantages), len(logged))
         for _ in range(replace):
             logged.pop()
@@ -467,10 +470,12 @@ class ReMaxTrainer(CheckpointSafetyMixin, GRPOTrainer):
             rewards_per_func - greedy_rewards_per_func.repeat_interleave(num_generations, dim=0), self.reward_weights
         )  # (B,), NaN when unscorable
         scored = difference[~torch.isnan(difference)]
-        self._metrics[mode]["remax/reward_greedy"].append(torch.nanmean(greedy).item())
-        self._metrics[mode]["remax/advantage_mean"].append(advantages.mean().item())
-        self._metrics[mode]["remax/advantage_std"].append(advantages.std().item() if advantages.numel() > 1 else 0.0)
-        self._metrics[mode]["remax/frac_beats_greedy"].append(
+        _trl_compat.metrics(self)[mode]["remax/reward_greedy"].append(torch.nanmean(greedy).item())
+        _trl_compat.metrics(self)[mode]["remax/advantage_mean"].append(advantages.mean().item())
+        _trl_compat.metrics(self)[mode]["remax/advantage_std"].append(
+            advantages.std().item() if advantages.numel() > 1 else 0.0
+        )
+        _trl_compat.metrics(self)[mode]["remax/frac_beats_greedy"].append(
             (scored > 0).float().mean().item() if scored.numel() else float("nan")
         )
         return output

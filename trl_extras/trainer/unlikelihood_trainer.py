@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import textwrap
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
-import trl.trainer.dpo_trainer as _dpo_trainer_module
 from accelerate.utils import is_peft_model
 from datasets import Dataset
 from trl import DPOTrainer
 from trl.trainer.utils import get_config_model_id
 
+from .. import _trl_compat
 from ..checkpointing import CheckpointSafetyMixin
 from ..losses.unlikelihood import sequence_unlikelihood_loss, token_unlikelihood_loss
 from ..quantization import keep_4bit_training_exact
@@ -36,32 +35,6 @@ if TYPE_CHECKING:
 
 # batch keys the DPO collators add that are not model inputs
 _NON_MODEL_KEYS = frozenset({"completion_mask", "ref_chosen_logps", "ref_rejected_logps"})
-
-
-@contextlib.contextmanager
-def _without_reference_model_load(trainer: UnlikelihoodTrainer) -> Iterator[None]:
-    """While ``DPOTrainer.__init__`` runs, make its reference-model load a no-op that returns ``None``.
-
-    ``DPOTrainer.__init__`` calls ``create_model_from_path`` at most twice: for the policy when ``model`` is a string
-    (before ``Trainer.__init__``) and, without PEFT or ``precompute_ref_log_probs``, for a second copy as the
-    reference (after ``Trainer.__init__``, which sets ``trainer.accelerator``). Only the second call is skipped, so
-    ``self.ref_model`` ends up ``None`` and every use of it in ``DPOTrainer.__init__`` (dropout, fused head, DeepSpeed
-    or FSDP preparation) is skipped by the parent's own ``is not None`` checks. The name is swapped on TRL's module for
-    the duration of the call, so a ``DPOTrainer`` built in another thread at that very moment would not get its
-    reference model either; a test checks the parent still loads it this way.
-    """
-    load = _dpo_trainer_module.create_model_from_path
-
-    def load_policy_only(*args, **kwargs):
-        if hasattr(trainer, "accelerator"):  # after Trainer.__init__: this is the reference copy
-            return None
-        return load(*args, **kwargs)
-
-    _dpo_trainer_module.create_model_from_path = load_policy_only
-    try:
-        yield
-    finally:
-        _dpo_trainer_module.create_model_from_path = load
 
 
 class UnlikelihoodTrainer(CheckpointSafetyMixin, PreferenceLengthCheck, DPOTrainer):
@@ -104,7 +77,7 @@ class UnlikelihoodTrainer(CheckpointSafetyMixin, PreferenceLengthCheck, DPOTrain
     Hooks overridden (everything else is `DPOTrainer`'s):
 
     - `__init__`: rejects `ref_model`, checks the datasets with `trl_extras.data.validate_preference_dataset`, and
-      runs `DPOTrainer.__init__` with its reference-model load turned into a no-op (see `_without_reference_model_load`;
+      runs `DPOTrainer.__init__` with its reference-model load turned into a no-op (see `_trl_compat.dpo_without_reference_model_load`;
       `DPOTrainer` has no switch for "no reference"), so no second model is ever loaded. With a `PeftModel` that
       already carries an adapter, `DPOTrainer` copies it into a frozen `"ref"` adapter; that copy is deleted at once.
       `self.ref_model` is `None` and no reference forward pass (second model or disabled adapter) ever runs.
@@ -173,7 +146,7 @@ class UnlikelihoodTrainer(CheckpointSafetyMixin, PreferenceLengthCheck, DPOTrain
         train_dataset, eval_dataset = _validate(train_dataset), _validate(eval_dataset)
 
         had_ref_adapter = not isinstance(model, str) and is_peft_model(model) and "ref" in model.peft_config
-        with _without_reference_model_load(self):
+        with _trl_compat.dpo_without_reference_model_load(self):
             super().__init__(
                 model,
                 ref_model=None,
@@ -224,7 +197,9 @@ class UnlikelihoodTrainer(CheckpointSafetyMixin, PreferenceLengthCheck, DPOTrain
 
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * outputs.aux_loss
-            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(outputs.aux_loss).mean().item())
+            _trl_compat.metrics(self)[mode]["aux_loss"].append(
+                self.accelerator.gather_for_metrics(outputs.aux_loss).mean().item()
+            )
 
         self._log_metrics(mode, inputs, outputs, mask, per_token_logps.detach(), chosen_term, rejected_term)
 
@@ -240,7 +215,7 @@ class UnlikelihoodTrainer(CheckpointSafetyMixin, PreferenceLengthCheck, DPOTrain
 
     def _log_metrics(self, mode, inputs, outputs, mask, per_token_logps, chosen_term, rejected_term):
         """DPO's policy-side metrics under DPO's names, plus ``unlikelihood/*``; gathered across processes."""
-        metrics = self._metrics[mode]
+        metrics = _trl_compat.metrics(self)[mode]
         gather = self.accelerator.gather_for_metrics
         seq_len = mask.size(1)
         chosen_mask, rejected_mask = mask.bool().chunk(2, dim=0)
@@ -251,9 +226,8 @@ class UnlikelihoodTrainer(CheckpointSafetyMixin, PreferenceLengthCheck, DPOTrain
 
         metrics["entropy"].append(token_mean(outputs.entropy[:, -seq_len:].detach(), mask.bool()))
         if mode == "train":
-            num_tokens = gather(inputs["attention_mask"].sum()).sum().item()
-            self._total_train_tokens += num_tokens // self._tp_size
-        metrics["num_tokens"] = [self._total_train_tokens]
+            _trl_compat.add_train_tokens(self, gather(inputs["attention_mask"].sum()).sum().item())
+        metrics["num_tokens"] = [_trl_compat.total_train_tokens(self)]
         chosen_logits, rejected_logits = outputs.mean_logits[:, -seq_len:].detach().chunk(2, dim=0)
         metrics["logits/chosen"].append(token_mean(chosen_logits, chosen_mask))
         metrics["logits/rejected"].append(token_mean(rejected_logits, rejected_mask))

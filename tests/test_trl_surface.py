@@ -1,0 +1,297 @@
+"""The TRL surface trl-extras relies on, in one place: a TRL upgrade that moves it fails here first, with a message
+naming what moved. What is pinned is declared in ``trl_extras/_trl_compat.py``; the last test checks that no other
+module touches a private TRL name."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import pathlib
+import re
+import threading
+
+import pytest
+import trl
+import trl.trainer.dpo_trainer as dpo_module
+from trl import DPOTrainer, GRPOConfig, GRPOTrainer
+from trl.trainer.base_trainer import _BaseTrainer
+from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
+from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+from trl_extras import MDPOTrainer, PPOTrainer, ReMaxTrainer, UnlikelihoodTrainer, _trl_compat
+
+TRL_CLASSES = {"DPOTrainer": DPOTrainer, "GRPOTrainer": GRPOTrainer}
+TRL_SOURCES = {"DPOTrainer": "trainer/dpo_trainer.py", "GRPOTrainer": "trainer/grpo_trainer.py"}
+TRL_DIR = pathlib.Path(trl.__file__).parent
+PACKAGE = pathlib.Path(_trl_compat.__file__).parent
+
+# Modules not yet moved onto _trl_compat (other work in progress, issue 14): each still touches TRL internals.
+EXCEPTIONS = {
+    "_trl_compat.py",  # the compat module itself
+    "trainer/diffusion_dpo_trainer.py",  # subclasses `_BaseTrainer`, reads `_metrics` (diffusion work in progress)
+    "trainer/diffusion_dpo_config.py",  # subclasses `_BaseConfig` (diffusion work in progress)
+    "cli.py",  # multi-process launcher work in progress
+    "scripts/_common.py",  # multi-process launcher work in progress
+}
+EXCEPTION_DIRS = ("trainer/diffusion/",)  # diffusion family adapters, work in progress
+
+# TRL's documented subclass attributes (model-card name, paper, tags, template): set by every trainer, not internals
+DOCUMENTED_UNDERSCORE = {"_name", "_paper", "_tag_names", "_template_file"}
+
+
+def _params(fn) -> list[str]:
+    return list(inspect.signature(fn).parameters)
+
+
+# ----------------------------------------------------------------------------------------- signatures we rely on
+@pytest.mark.parametrize(
+    "owner, name, expected",
+    [(owner, name, params) for owner, hooks in _trl_compat.OVERRIDDEN_HOOKS.items() for name, params in hooks.items()],
+)
+def test_overridden_hook_signatures(owner, name, expected):
+    method = getattr(TRL_CLASSES[owner], name, None)
+    assert method is not None, f"TRL's {owner} no longer has `{name}`, which trl-extras overrides ({trl.__version__})."
+    assert _params(method) == expected, (
+        f"TRL's {owner}.{name} now takes {_params(method)}, trl-extras overrides it as {expected}: update the "
+        "overrides (grep `def {name}` in trl_extras) and `_trl_compat.OVERRIDDEN_HOOKS`."
+    )
+
+
+@pytest.mark.parametrize(
+    "owner, name, expected",
+    [(owner, name, params) for owner, calls in _trl_compat.PRIVATE_METHODS.items() for name, params in calls.items()],
+)
+def test_called_private_method_signatures(owner, name, expected):
+    method = getattr(TRL_CLASSES[owner], name, None)
+    assert method is not None, f"TRL's {owner} no longer has `{name}`, which `_trl_compat` calls ({trl.__version__})."
+    assert _params(method)[: len(expected)] == expected, (
+        f"TRL's {owner}.{name} now takes {_params(method)}; `_trl_compat` calls it with {expected[1:]}."
+    )
+
+
+def test_keywords_ppo_passes_to_get_per_token_logps():
+    params = _params(GRPOTrainer._get_per_token_logps_and_entropies)
+    assert {"batch_size", "compute_entropy", "compute_aux_loss"} <= set(params), params
+
+
+def test_dpo_compute_loss_is_called_by_compute_loss():
+    # UnlikelihoodTrainer / MDPOTrainer override `_compute_loss`: DPO's public `compute_loss` must still route to it
+    assert _params(DPOTrainer.compute_loss) == ["self", "model", "inputs", "return_outputs", "num_items_in_batch"]
+    assert "_compute_loss(model, inputs, return_outputs)" in inspect.getsource(DPOTrainer.compute_loss)
+
+
+@pytest.mark.parametrize(
+    "owner, name",
+    [(owner, name) for owner, names in _trl_compat.PRIVATE_ATTRIBUTES.items() for name in names],
+)
+def test_private_attributes_are_set_by_trl(owner, name):
+    source = (TRL_DIR / TRL_SOURCES[owner]).read_text()
+    assert re.search(rf"self\.{name}\s*[:=]", source), (
+        f"TRL's {owner} ({TRL_SOURCES[owner]}) no longer sets `self.{name}`, which `_trl_compat` reads or writes: "
+        "find what replaced it and update `_trl_compat`."
+    )
+
+
+def test_dpo_token_count_and_tp_size():
+    init = inspect.getsource(DPOTrainer.__init__)
+    assert "self._total_train_tokens = 0" in init
+    assert "self._tp_size = " in init
+    assert "_total_train_tokens += " in inspect.getsource(DPOTrainer._compute_loss)  # what add_train_tokens mirrors
+
+
+# ------------------------------------------------------------------------------------------- the checks we go around
+def test_dpo_reference_load_is_the_second_create_model_from_path_call():
+    """``dpo_without_reference_model_load`` skips the ``create_model_from_path`` call made after ``Trainer.__init__``."""
+    init = inspect.getsource(DPOTrainer.__init__)
+    assert callable(dpo_module.create_model_from_path)
+    calls = [m.start() for m in re.finditer(r"create_model_from_path\(", init)]
+    trainer_init = init.index("super().__init__(")
+    assert len(calls) == 2, f"DPOTrainer.__init__ now calls create_model_from_path {len(calls)} times, not 2"
+    assert calls[0] < trainer_init < calls[1], "the policy load must precede Trainer.__init__, the reference follow it"
+    assert "self.ref_model = create_model_from_path(ref_model_path" in init
+    assert 'model.add_adapter("ref", default_config)' in init  # the PEFT "ref" adapter UnlikelihoodTrainer deletes
+
+
+def test_dpo_without_reference_model_load_skips_only_its_own_trainers_reference(monkeypatch):
+    monkeypatch.setattr(dpo_module, "create_model_from_path", lambda path, **kwargs: f"loaded {path}")
+    original = dpo_module.create_model_from_path
+
+    class Trainer:  # no `accelerator` yet: the policy load goes through
+        pass
+
+    first, second = Trainer(), Trainer()
+    with _trl_compat.dpo_without_reference_model_load(first):
+        assert dpo_module.create_model_from_path("policy") == "loaded policy"
+        first.accelerator = object()  # Trainer.__init__ ran: the next load is the reference copy
+        assert dpo_module.create_model_from_path("ref") is None
+        # a plain DPOTrainer built in another thread meanwhile still gets its reference model
+        other = []
+        thread = threading.Thread(target=lambda: other.append(dpo_module.create_model_from_path("ref")))
+        thread.start()
+        thread.join()
+        assert other == ["loaded ref"]
+        with _trl_compat.dpo_without_reference_model_load(second):
+            assert dpo_module.create_model_from_path("policy") == "loaded policy"
+        assert dpo_module.create_model_from_path("ref") is None  # the inner exit left the patch for `first`
+    assert dpo_module.create_model_from_path is original
+
+
+def test_grpo_num_generations_check_is_one_less_than_2():
+    """``grpo_post_init_one_generation`` passes a 1 that answers ``False`` to ``< 2`` only: TRL must compare that way."""
+    source = inspect.getsource(GRPOConfig.__post_init__)
+    comparisons = re.findall(r"(?<!% )self\.num_generations\s*(<=|>=|==|!=|<|>)\s*(\w+)", source)
+    assert comparisons == [("<", "2")], (
+        f"GRPOConfig.__post_init__ now compares num_generations as {comparisons}; "
+        "`_trl_compat.grpo_post_init_one_generation` only passes `self.num_generations < 2`."
+    )
+    assert not re.search(r"num_generations\s*(<|<=|==)\s*[12]\b", inspect.getsource(GRPOTrainer.__init__))
+
+
+def test_grpo_post_init_one_generation_gives_a_plain_int(tmp_path):
+    from trl_extras import ReMaxConfig
+
+    kwargs = dict(
+        output_dir=str(tmp_path), num_generations=1, per_device_train_batch_size=3, bf16=False, report_to="none"
+    )
+
+    config = ReMaxConfig(**kwargs)
+    assert type(config.num_generations) is int and config.num_generations == 1
+    assert config.generation_batch_size == 3  # the parent's derivations still ran
+    with pytest.raises(ValueError, match="at least 2 generations"):
+        GRPOConfig(**kwargs)
+
+
+# --------------------------------------------------------------------------- nothing else touches TRL's internals
+def _trl_private_names() -> set[str]:
+    names = set()
+    for cls in (DPOTrainer, GRPOTrainer, _BaseTrainer):
+        names |= {n for n in vars(cls) if n.startswith("_") and not n.startswith("__")}
+    for path in ("trainer/dpo_trainer.py", "trainer/grpo_trainer.py", "trainer/base_trainer.py"):
+        names |= set(re.findall(r"self\.(_[a-z]\w*)\s*[:=]", (TRL_DIR / path).read_text()))
+    return names - DOCUMENTED_UNDERSCORE
+
+
+def _violations(path: pathlib.Path, private: set[str], hooks: set[str]) -> list[str]:
+    tree = ast.parse(path.read_text())
+    found = []
+    trl_modules = set()
+
+    def visit(node, function=None, in_class=False):
+        if isinstance(node, ast.ClassDef):
+            in_class = True
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            if in_class and node.name in private and node.name not in hooks:
+                found.append(f"line {node.lineno}: overrides TRL's `{node.name}` (not in OVERRIDDEN_HOOKS)")
+            function, in_class = node.name, False
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "trl":
+            for alias in node.names:
+                if alias.name.startswith("_"):
+                    found.append(f"line {node.lineno}: imports `{alias.name}` from {node.module}")
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("trl.") and alias.asname:
+                    trl_modules.add(alias.asname)
+        elif isinstance(node, ast.Assign):
+            for target in node.targets:
+                if isinstance(target, ast.Attribute) and getattr(target.value, "id", None) in trl_modules:
+                    found.append(f"line {node.lineno}: patches `{target.attr}` on a TRL module")
+        elif isinstance(node, ast.Attribute) and node.attr in private:
+            base = node.value
+            is_super = isinstance(base, ast.Call) and getattr(base.func, "id", None) == "super"
+            if not (is_super and node.attr == function):  # the parent's version of the hook being overridden
+                found.append(f"line {node.lineno}: touches TRL's `{node.attr}`")
+        for child in ast.iter_child_nodes(node):
+            visit(child, function, in_class)
+
+    visit(tree)
+    return found
+
+
+def test_no_private_trl_names_outside_compat():
+    private = _trl_private_names()
+    hooks = {name for owner in _trl_compat.OVERRIDDEN_HOOKS.values() for name in owner}
+    report = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE).as_posix()
+        if relative in EXCEPTIONS or relative.startswith(EXCEPTION_DIRS):
+            continue
+        report += [f"trl_extras/{relative} {v}" for v in _violations(path, private, hooks)]
+    assert not report, "go through trl_extras/_trl_compat.py instead:\n" + "\n".join(report)
+
+
+def test_the_scan_finds_a_private_access(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "import trl.trainer.dpo_trainer as m\n"
+        "from trl.trainer.base_trainer import _BaseTrainer\n"
+        "m.create_model_from_path = None\n"
+        "class T:\n"
+        "    def _compute_loss(self, model, inputs, return_outputs):\n"
+        "        self._metrics['train']\n"
+        "        return super()._compute_loss(model, inputs, return_outputs)\n"
+    )
+    found = _violations(sample, _trl_private_names(), {"_compute_loss"})
+    assert [v.split(":")[0] for v in found] == ["line 2", "line 3", "line 6"], found
+
+
+# --------------------------------------------------------------- per trainer: what each one reads from its parent
+# moved from tests/test_unlikelihood.py
+def test_unlikelihood_trl_surface():
+    from trl.trainer.utils import FusedCausalLMOutput
+
+    assert _params(UnlikelihoodTrainer.__init__) == _params(DPOTrainer.__init__)
+    assert _params(UnlikelihoodTrainer._compute_loss) == _trl_compat.OVERRIDDEN_HOOKS["DPOTrainer"]["_compute_loss"]
+    init_source = inspect.getsource(DPOTrainer.__init__)
+    # what our _compute_loss reads from the fused LM head and from DPOTrainer's state
+    fields = set(FusedCausalLMOutput.__dataclass_fields__)
+    assert {"log_probs", "entropy", "mean_logits", "is_top1", "aux_loss"} <= fields
+    for attribute in ("aux_loss_enabled", "router_aux_loss_coef"):
+        assert f"self.{attribute} =" in init_source
+    assert DPOTrainer.loss_is_scaled_for_ga is False
+
+
+# moved from tests/test_remax.py
+def test_remax_trl_surface():
+    # the hooks ReMax overrides are pinned by test_overridden_hook_signatures; GRPO's loss is used as it is
+    assert _params(GRPOTrainer._compute_loss) == ["self", "model", "inputs"]
+    assert _params(ReMaxTrainer.__init__) == _params(GRPOTrainer.__init__)  # same constructor arguments
+    # The greedy pass unpacks the parent's `_generate` output and reads these attributes
+    source = inspect.getsource(GRPOTrainer._generate)
+    assert (
+        "return prompt_ids, completion_ids, tool_mask, completions, logprobs, extra_fields, images, tool_images"
+        in source
+    )
+    single_turn = inspect.getsource(GRPOTrainer._generate_single_turn)
+    assert "self.generation_config" in single_turn
+    # One pass: the greedy rows' logits processor is added to this call, on the model `unwrap_model` returns
+    assert "unwrapped_model.generate(" in single_turn and "generation_config=self.generation_config" in single_turn
+    assert "self._generate_single_turn(" in source
+    # ... and transformers applies custom processors after its own and before the sampling warpers
+    from transformers.generation.utils import GenerationMixin
+
+    processors = inspect.getsource(GenerationMixin._get_logits_processor)
+    assert processors.index("(processors, logits_processor)") < processors.index("TemperatureLogitsWarper(")
+
+
+# moved from tests/test_ppo.py
+def test_ppo_trl_surface():
+    # GRPO's private hooks PPO overrides or calls are pinned by the tests above; these are transformers' Trainer's
+    params = _params
+    assert params(GRPOTrainer._compute_loss) == ["self", "model", "inputs"]
+    assert params(GRPOTrainer.create_optimizer) == ["self", "model"]
+    assert params(GRPOTrainer._clip_grad_norm) == ["self", "model"]
+    assert params(GRPOTrainer._save) == ["self", "output_dir", "state_dict"]
+    assert params(GRPOTrainer._load_from_checkpoint) == ["self", "resume_from_checkpoint", "model"]
+    # PPOTrainer takes every GRPOTrainer argument, in GRPO's order, plus `value_model`
+    assert params(PPOTrainer.__init__) == params(GRPOTrainer.__init__) + ["value_model"]
+
+
+# moved from tests/test_mdpo.py
+def test_mdpo_trl_surface():
+    assert _params(MDPOTrainer.__init__) == _params(DPOTrainer.__init__)
+    collator_fields = inspect.signature(DataCollatorForVisionLanguageModeling).parameters
+    assert {"processor", "max_length", "completion_only_loss"} <= set(collator_fields)
+    assert "processor" in inspect.signature(DataCollatorForVisionPreference).parameters
+    # DPOTrainer computes the policy and reference log-probs with the fused LM head, which our forward hooks extend
+    source = inspect.getsource(DPOTrainer._compute_loss)
+    assert "fused_lm_head=True" in source and ".log_probs" in source

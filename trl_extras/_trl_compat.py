@@ -1,0 +1,258 @@
+"""The one place trl-extras touches TRL's private API (underscore names of ``DPOTrainer`` / ``GRPOTrainer``).
+
+Every read, write or call of a private TRL attribute goes through a function here, each with a comment naming
+what it relies on; ``tests/test_trl_surface.py`` pins those assumptions against the installed TRL, and
+``tests/test_trl_surface.py::test_no_private_trl_names_outside_compat`` fails if another module touches one.
+
+Overriding a private hook (``def _compute_loss``, ``def _calculate_rewards``, ...) and calling the parent's version
+of that same hook through ``super()`` is the documented way TRL's own subclasses (``experimental/gmpo``) extend a
+trainer: those are listed in ``OVERRIDDEN_HOOKS`` with the signature we rely on, and pinned by the surface test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import trl.trainer.dpo_trainer as _dpo_trainer_module
+from trl import GRPOConfig
+
+# Private hooks of TRL trainers that our trainers override (or whose parent version they call via ``super()``),
+# with the parameters we rely on. ``tests/test_trl_surface.py`` checks these against the installed TRL.
+OVERRIDDEN_HOOKS: dict[str, dict[str, list[str]]] = {
+    "DPOTrainer": {
+        # UnlikelihoodTrainer replaces it, MDPOTrainer wraps it; DPOTrainer.compute_loss calls it
+        "_compute_loss": ["self", "model", "inputs", "return_outputs"],
+        # PreferenceLengthCheck wraps it to count and drop over-long prompts
+        "_prepare_dataset": ["self", "dataset", "processing_class", "args", "dataset_name"],
+        # CheckpointSafetyMixin and MDPOTrainer write their own state beside DPO's checkpoint
+        "_save_checkpoint": ["self", "model", "trial"],
+    },
+    "GRPOTrainer": {
+        # ReMax and PPO post-process the summed rewards; the legacy PPO path calls it directly
+        "_calculate_rewards": ["self", "inputs", "prompts", "completions", "completion_ids_list"],
+        # ReMax and PPO add their baseline / value estimates to the rollout
+        "_generate_and_score_completions": ["self", "inputs"],
+        # PPO reshuffles the rollout into minibatches
+        "_prepare_inputs": ["self", "generation_batch"],
+        # ReMax's greedy rows
+        "_generate": ["self", "prompts"],
+        "_generate_single_turn": [
+            "self",
+            "prompt_ids",
+            "images",
+            "multimodal_fields",
+            "num_generations",
+            "has_tool_images",
+        ],
+        # PPO saves and restores its value model and rollout beside GRPO's checkpoint
+        "_save_checkpoint": ["self", "model", "trial"],
+        "_load_optimizer_and_scheduler": ["self", "checkpoint"],
+    },
+}
+
+# Private attributes of TRL trainers we read or write, and which trainer sets them in ``__init__``
+# (``tests/test_trl_surface.py`` checks each assignment is still in that ``__init__``'s source).
+PRIVATE_ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    "DPOTrainer": ("_metrics", "_total_train_tokens", "_tp_size", "_tokenizer"),
+    "GRPOTrainer": (
+        "_metrics",
+        "_logs",
+        "_step",
+        "_buffered_inputs",
+        "_tokenizer",
+        "_is_vlm",
+        "_pending_metrics",
+        "_pending_extra_logs",
+    ),
+}
+
+# Private methods of TRL trainers we call (other than the parent's version of a hook we override)
+PRIVATE_METHODS: dict[str, dict[str, list[str]]] = {
+    "GRPOTrainer": {
+        "_calculate_rewards": ["self", "inputs", "prompts", "completions", "completion_ids_list"],
+        "_tokenize_prompts": ["self", "prompts"],
+        "_get_per_token_logps_and_entropies": ["self", "model", "input_ids", "attention_mask", "logits_to_keep"],
+        "_has_mixed_mesh_grads": ["self", "model"],  # transformers' Trainer, reached through GRPOTrainer
+        "_log_completion_extra": ["self", "column", "values"],
+    },
+}
+
+
+# ---------------------------------------------------------------------------------------------------------- metrics
+def metrics(trainer) -> dict:
+    """``trainer._metrics``: ``{"train"|"eval": defaultdict(list)}``; DPO's and GRPO's ``log`` average each list and
+    clear it, so appending a float under a new name logs it beside TRL's metrics."""
+    return trainer._metrics
+
+
+def set_metrics(trainer, value: dict) -> None:
+    """Replace ``trainer._metrics`` (ReMax swaps it around its greedy pass so that pass logs nothing of its own)."""
+    trainer._metrics = value
+
+
+def add_train_tokens(trainer, num_tokens: int) -> int:
+    """Add a gathered token count to DPO's running ``_total_train_tokens`` (divided by ``_tp_size``, as DPO does:
+    tensor-parallel ranks see the same batch) and return the new total, which DPO logs as ``num_tokens``."""
+    trainer._total_train_tokens += num_tokens // trainer._tp_size
+    return trainer._total_train_tokens
+
+
+def total_train_tokens(trainer) -> int:
+    """DPO's running ``_total_train_tokens`` (what it logs as ``num_tokens``)."""
+    return trainer._total_train_tokens
+
+
+def completion_logs(trainer) -> dict:
+    """``trainer._logs``: GRPO's per-completion table (``"prompt"``, ``"completion"``, ``"advantages"``, ...), deques
+    of the last completions, printed / sent to trackers when ``log_completions`` is on."""
+    return trainer._logs
+
+
+def pending_logs(trainer) -> tuple[Any, Any]:
+    """``(_pending_extra_logs, _pending_metrics)``: what GRPO's ``_calculate_rewards`` stages for the next log."""
+    return trainer._pending_extra_logs, trainer._pending_metrics
+
+
+def set_pending_logs(trainer, extra_logs, pending_metrics) -> None:
+    """Replace GRPO's staged ``_pending_extra_logs`` / ``_pending_metrics`` (ReMax isolates its greedy rewards)."""
+    trainer._pending_extra_logs, trainer._pending_metrics = extra_logs, pending_metrics
+
+
+def log_completion_extra(trainer, column: str, values) -> None:
+    """GRPO's ``_log_completion_extra(column, values)``: an extra column in the completions table."""
+    trainer._log_completion_extra(column, values)
+
+
+# --------------------------------------------------------------------------------------------------- tokenizer, VLM
+def tokenizer(trainer):
+    """``trainer._tokenizer``: the text tokenizer DPO / GRPO take from ``processing_class`` (a processor's
+    ``.tokenizer`` for vision-language models), with the pad token they set."""
+    return trainer._tokenizer
+
+
+def is_vlm(trainer) -> bool:
+    """``trainer._is_vlm``: GRPO's flag, True when ``processing_class`` is a ``ProcessorMixin``."""
+    return trainer._is_vlm
+
+
+# ------------------------------------------------------------------------------------------- GRPO's rollout buffer
+def step(trainer) -> int:
+    """``trainer._step``: GRPO's count of ``_prepare_inputs`` calls in training; a new rollout is generated when
+    ``_step % (steps_per_generation * num_iterations) == 0``."""
+    return trainer._step
+
+
+def set_step(trainer, value: int) -> None:
+    trainer._step = value
+
+
+def buffered_inputs(trainer):
+    """``trainer._buffered_inputs``: GRPO's list of ``steps_per_generation`` micro-batches of the current rollout,
+    ``_buffered_inputs[_step % steps_per_generation]`` being the next one; ``None`` before the first rollout."""
+    return trainer._buffered_inputs
+
+
+def set_buffered_inputs(trainer, value) -> None:
+    trainer._buffered_inputs = value
+
+
+# ----------------------------------------------------------------------------------------- GRPO methods we call
+def calculate_rewards(trainer, inputs, prompts, completions, completion_ids_list):
+    """GRPO's ``_calculate_rewards``: ``(B, num_reward_funcs)`` rewards of this process' rows, gathered over
+    processes (NaN where a function returned None); it also stages per-function reward metrics."""
+    return trainer._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+
+
+def tokenize_prompts(trainer, prompts):
+    """GRPO's ``_tokenize_prompts(prompts)`` -> ``(prompt_ids, images, multimodal_fields)``, the chat template and
+    truncation applied as for generation."""
+    return trainer._tokenize_prompts(prompts)
+
+
+def per_token_logps_and_entropies(trainer, model, input_ids, attention_mask, logits_to_keep, **kwargs):
+    """GRPO's ``_get_per_token_logps_and_entropies``: ``(logps (B, logits_to_keep), entropies or None, aux_loss)``
+    at the sampling temperature, with the multimodal inputs passed as keywords."""
+    return trainer._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, **kwargs)
+
+
+def has_mixed_mesh_grads(trainer, model) -> bool:
+    """``Trainer._has_mixed_mesh_grads(model)`` (transformers', inherited by GRPO): True when gradient clipping must go
+    through the parent's DTensor-aware path."""
+    return trainer._has_mixed_mesh_grads(model)
+
+
+# ---------------------------------------------------------------------------- checks and loads we go around
+# The trainer whose DPOTrainer.__init__ runs in this thread / task, if it wants no reference model
+_skip_reference_for: contextvars.ContextVar = contextvars.ContextVar("trl_extras_skip_reference_for", default=None)
+_reference_patch_lock = threading.Lock()
+_reference_patch_users = 0
+_original_create_model_from_path = None
+
+
+def _create_model_unless_reference(*args, **kwargs):
+    trainer = _skip_reference_for.get()
+    if trainer is not None and hasattr(trainer, "accelerator"):  # after Trainer.__init__: the reference copy
+        return None
+    return _original_create_model_from_path(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def dpo_without_reference_model_load(trainer) -> Iterator[None]:
+    """While ``DPOTrainer.__init__`` runs for ``trainer``, make its reference-model load a no-op returning ``None``.
+
+    Relies on: ``DPOTrainer.__init__`` calls the module-level ``trl.trainer.dpo_trainer.create_model_from_path`` at
+    most twice: for the policy when ``model`` is a string (before ``Trainer.__init__``) and, without PEFT or
+    ``precompute_ref_log_probs``, for a second copy as the reference (after ``Trainer.__init__``, which sets
+    ``trainer.accelerator``). Only the second call is skipped, so ``self.ref_model`` ends up ``None`` and every use of
+    it in ``DPOTrainer.__init__`` (dropout, fused head, DeepSpeed or FSDP preparation) is skipped by the parent's own
+    ``is not None`` checks. ``DPOTrainer`` has no switch for "no reference model": passing a placeholder
+    ``ref_model`` would be prepared by DeepSpeed / FSDP, and ``precompute_ref_log_probs`` runs a pass over the data
+    and is refused for vision datasets.
+
+    The name on TRL's module is swapped while at least one such ``__init__`` runs (reference-counted under a lock);
+    which trainer wants no reference is a context variable, so a plain ``DPOTrainer`` built in another thread at the
+    same time still loads its reference model.
+    """
+    global _reference_patch_users, _original_create_model_from_path
+    with _reference_patch_lock:
+        if _reference_patch_users == 0:
+            _original_create_model_from_path = _dpo_trainer_module.create_model_from_path
+            _dpo_trainer_module.create_model_from_path = _create_model_unless_reference
+        _reference_patch_users += 1
+    token = _skip_reference_for.set(trainer)
+    try:
+        yield
+    finally:
+        _skip_reference_for.reset(token)
+        with _reference_patch_lock:
+            _reference_patch_users -= 1
+            if _reference_patch_users == 0:
+                _dpo_trainer_module.create_model_from_path = _original_create_model_from_path
+
+
+class _OneGenerationPerPrompt(int):
+    """The integer 1, let through ``GRPOConfig``'s ``num_generations < 2`` check and no other comparison."""
+
+    def __lt__(self, other):
+        return False if other == 2 else int(self) < other
+
+
+def grpo_post_init_one_generation(config: GRPOConfig) -> None:
+    """Run ``GRPOConfig.__post_init__`` on ``config`` with ``num_generations == 1``.
+
+    Relies on: ``GRPOConfig.__post_init__`` compares ``num_generations`` only through ``% num_generations`` (1
+    divides everything) and the single ``self.num_generations < 2`` check, which raises with no switch to turn it off;
+    ``GRPOTrainer.__init__`` does not repeat it. The check sits in the middle of ``__post_init__`` (batch-size
+    derivations before, vLLM checks after), so it cannot be skipped without copying the method: the parent runs with
+    a 1 that passes that single comparison, then gets a plain int back. The surface test fails if TRL writes the
+    check another way (``<= 1``, ``== 1``).
+    """
+    config.num_generations = _OneGenerationPerPrompt(1)
+    try:
+        GRPOConfig.__post_init__(config)
+    finally:
+        config.num_generations = 1
