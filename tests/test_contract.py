@@ -341,8 +341,9 @@ def test_gradient_accumulation_diffusion_dpo_with_the_draws_fixed(models, tmp_pa
     function of the row, 2 x 2 rows = 4 rows to 1e-5 relative (measured 4.8e-6: float32 sums in the UNet's
     convolution and group-norm backward over 2 vs 4 rows; the language models' rows measure 1e-7 to 3e-7)."""
     from trl_extras import DiffusionDPOTrainer
+    from trl_extras.trainer.diffusion.base import DiffusionFamily
 
-    def sample_latents(self, latent_dist, generator):
+    def sample_latents(self, latent_dist, generator):  # on the family adapter
         mean = latent_dist.float().chunk(2, dim=1)[0]  # the posterior mean instead of a sample
         return mean * self.pipeline.vae.config.scaling_factor
 
@@ -356,10 +357,10 @@ def test_gradient_accumulation_diffusion_dpo_with_the_draws_fixed(models, tmp_pa
     def compute_loss(self, model, inputs, *args, **kwargs):
         if "prompt_embeds" not in inputs:
             inputs = self.encode_batch(inputs)
-        self._fixed_latents = sample_latents(self, inputs["chosen_latent_dist"], None)
+        self._fixed_latents = self.family.sample_latents(inputs["chosen_latent_dist"], None)
         return original_compute_loss(self, model, inputs, *args, **kwargs)
 
-    monkeypatch.setattr(DiffusionDPOTrainer, "_sample_latents", sample_latents)
+    monkeypatch.setattr(DiffusionFamily, "sample_latents", sample_latents)
     monkeypatch.setattr(DiffusionDPOTrainer, "_draw", draw)
     monkeypatch.setattr(DiffusionDPOTrainer, "compute_loss", compute_loss)
     diffusion = next(case for case in CASES if case.name == "diffusion_dpo")
