@@ -84,7 +84,7 @@ def test_gae_matches_the_papers_sum_of_discounted_td_errors():
 def test_masked_statistics_and_whitening():
     x = torch.tensor([[2.0, 4.0, 6.0, 100.0]])
     mask = torch.tensor([[1, 1, 1, 0]])
-    assert masked_mean(x, mask).item() == pytest.approx(4.0)
+    assert masked_mean(x, mask, dim=None).item() == pytest.approx(4.0)
     assert masked_var(x, mask).item() == pytest.approx(4.0)  # ((-2)^2 + 0 + 2^2) / (3 - 1)
     assert masked_var(x, mask, unbiased=False).item() == pytest.approx(8 / 3)
     torch.testing.assert_close(masked_whiten(x, mask), torch.tensor([[-1.0, 0.0, 1.0, 0.0]]))

@@ -41,6 +41,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .masked import masked_mean
+
 __all__ = [
     "KLController",
     "gae_advantages_and_returns",
@@ -54,14 +56,6 @@ __all__ = [
 ]
 
 KL_ESTIMATORS = ("k1", "k3")
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """Mean of ``x`` over the positions where ``mask`` is 1 (all of them, or along ``dim``); 0 where none are."""
-    mask = mask.to(x.dtype)
-    if dim is None:
-        return (x * mask).sum() / mask.sum().clamp(min=1.0)
-    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1.0)
 
 
 def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
@@ -92,12 +86,12 @@ def masked_whiten(
     Args:
         x: ``(B, T)``.
         mask: ``(B, T)``.
-        mean, var: scalars, or ``None`` for ``masked_mean(x, mask)`` and ``masked_var(x, mask)``.
+        mean, var: scalars, or ``None`` for ``masked_mean(x, mask, dim=None)`` and ``masked_var(x, mask)``.
 
     Returns:
         ``(B, T)``.
     """
-    mean = masked_mean(x, mask) if mean is None else mean
+    mean = masked_mean(x, mask, dim=None) if mean is None else mean
     var = masked_var(x, mask) if var is None else var
     whitened = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:

@@ -27,6 +27,8 @@ import math
 
 import torch
 
+from .masked import masked_mean, masked_sum
+
 __all__ = [
     "DEFAULT_MIN_ONE_MINUS_PROB",
     "chosen_nll",
@@ -45,17 +47,6 @@ __all__ = [
 DEFAULT_MIN_ONE_MINUS_PROB = 1e-5
 
 
-def masked_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Sum of ``values`` over the last dimension where ``mask`` is set. ``(B, T), (B, T) -> (B,)``."""
-    mask = mask.bool()
-    return torch.where(mask, values, torch.zeros_like(values)).sum(dim=-1)
-
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values`` over the last dimension where ``mask`` is set; 0 for an all-masked row. ``(B, T) -> (B,)``."""
-    return masked_sum(values, mask) / mask.sum(dim=-1).clamp(min=1).to(values.dtype)
-
-
 def log1mexp(logp: torch.Tensor) -> torch.Tensor:
     """``log(1 - exp(logp))`` for ``logp < 0``, accurate over the whole range (Maechler 2012, "Accurately computing
     log(1 - exp(-|a|))"): ``log(-expm1(logp))`` near 0, ``log1p(-exp(logp))`` below ``-log 2``.
@@ -72,7 +63,7 @@ def log1mexp(logp: torch.Tensor) -> torch.Tensor:
 
 def chosen_nll(chosen_logps: torch.Tensor, chosen_mask: torch.Tensor) -> torch.Tensor:
     """Mean negative log-likelihood of the chosen completion's tokens, per pair. ``(B, T), (B, T) -> (B,)``."""
-    return -masked_mean(chosen_logps, chosen_mask)
+    return -masked_mean(chosen_logps, chosen_mask, dim=-1)
 
 
 def rejected_unlikelihood(
@@ -95,12 +86,12 @@ def rejected_unlikelihood(
     logps = torch.where(mask, logps, torch.full_like(logps, -1.0))
     logps = logps.clamp(max=math.log1p(-min_one_minus_prob))
     per_token = -log1mexp(logps)  # (B, T), >= 0
-    return masked_mean(per_token, mask)
+    return masked_mean(per_token, mask, dim=-1)
 
 
 def sequence_logps(logps: torch.Tensor, mask: torch.Tensor, length_normalize: bool = False) -> torch.Tensor:
     """``log p(y | x)``: sum of the completion's token log-probs, or their mean if ``length_normalize``. ``-> (B,)``"""
-    return masked_mean(logps, mask) if length_normalize else masked_sum(logps, mask)
+    return masked_mean(logps, mask, dim=-1) if length_normalize else masked_sum(logps, mask, dim=-1)
 
 
 def token_unlikelihood_loss(

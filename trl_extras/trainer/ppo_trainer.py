@@ -491,8 +491,8 @@ class PPOTrainer(CheckpointSafetyMixin, _ppo_legacy.LegacyPPOTrainerMixin, GRPOT
         value_loss, value_clipped = ppo_value_loss(
             values, inputs["values"], inputs["returns"], self.args.cliprange_value
         )
-        pg_loss = masked_mean(policy_loss, mask)  # this micro-batch's means, for the logs
-        vf_loss = masked_mean(value_loss, mask)
+        pg_loss = masked_mean(policy_loss, mask, dim=None)  # this micro-batch's means, for the logs
+        vf_loss = masked_mean(value_loss, mask, dim=None)
         # Token mean over the optimizer step (every micro-batch of the window on every process, counted in
         # `_prepare_inputs`); data parallelism averages the gradients over processes, hence the `num_processes`.
         num_tokens = inputs["ppo_num_tokens"].clamp(min=1.0) / self.accelerator.num_processes
