@@ -1,0 +1,45 @@
+"""The shared start of every trainer's ``__init__`` (``trl_extras/trainer/_init.py``)."""
+
+from dataclasses import dataclass
+
+import pytest
+from datasets import Dataset
+
+from trl_extras.trainer._init import resolve_args, validate_datasets
+
+
+@dataclass
+class ParentConfig:
+    output_dir: str = "out"
+
+
+@dataclass
+class ChildConfig(ParentConfig):
+    pass
+
+
+def test_default_config_is_named_after_the_model():
+    assert resolve_args(None, ChildConfig, "org/tiny-model/", "ChildTrainer", "Child").output_dir == "tiny-model-Child"
+
+
+def test_parent_config_is_refused_naming_both_classes():
+    with pytest.raises(TypeError, match=r"ChildTrainer needs `args` to be a ChildConfig, got ParentConfig.*ParentConfig"):
+        resolve_args(ParentConfig(), ChildConfig, "m", "ChildTrainer", "Child")
+
+
+def test_given_config_is_kept():
+    config = ChildConfig("mine")
+    assert resolve_args(config, ChildConfig, "m", "ChildTrainer", "Child") is config
+
+
+def test_validate_datasets_checks_every_split_and_skips_none():
+    seen = []
+
+    def check(dataset):
+        seen.append(len(dataset))
+        return dataset.add_column("checked", [True] * len(dataset))
+
+    train, evals, none = validate_datasets(
+        check, Dataset.from_dict({"a": [1, 2]}), {"x": Dataset.from_dict({"a": [1]})}, None
+    )
+    assert seen == [2, 1] and train["checked"] == [True, True] and evals["x"]["checked"] == [True] and none is None
