@@ -12,12 +12,13 @@ from transformers import AutoModelForImageTextToText
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
 
+from trl_extras.collators import CORRUPTED_PREFIX, DataCollatorForMDPO
 from trl_extras.data import PreferenceDataError
 from trl_extras.losses.mdpo import anchor_loss, conditional_preference_loss, conditional_reward_margin
 from trl_extras.testing import build_tiny_vlm
 from trl_extras.testing._vlm import load_tiny_vlm_processor
 from trl_extras.trainer.mdpo_config import MDPOConfig
-from trl_extras.trainer.mdpo_trainer import CORRUPTED_PREFIX, DataCollatorForMDPO, MDPOTrainer
+from trl_extras.trainer.mdpo_trainer import MDPOTrainer
 
 
 def log_sigmoid(x):

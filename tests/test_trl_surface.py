@@ -288,7 +288,10 @@ def test_ppo_trl_surface():
 
 # moved from tests/test_mdpo.py
 def test_mdpo_trl_surface():
-    assert _params(MDPOTrainer.__init__) == _params(DPOTrainer.__init__)
+    # gmpo-style: explicit what MDPOTrainer checks, the rest forwarded to DPOTrainer in DPO's order
+    assert _params(MDPOTrainer.__init__) == ["self", "model", "ref_model", "args", "kwargs"]
+    assert _params(DPOTrainer.__init__)[:4] == ["self", "model", "ref_model", "args"]
+    assert {"train_dataset", "eval_dataset"} <= set(_params(DPOTrainer.__init__))  # read from kwargs and checked
     collator_fields = inspect.signature(DataCollatorForVisionLanguageModeling).parameters
     assert {"processor", "max_length", "completion_only_loss"} <= set(collator_fields)
     assert "processor" in inspect.signature(DataCollatorForVisionPreference).parameters

@@ -46,6 +46,7 @@ _LAZY_NAMES: dict[str, str] = {
     "PreferenceCollator": "trl_extras.collators",
     "VisionPreferenceCollator": "trl_extras.collators",
     "DiffusionPreferenceCollator": "trl_extras.collators",
+    "DataCollatorForMDPO": "trl_extras.collators",
     # QLoRA switch
     "QLoRAConfig": "trl_extras.quantization",
     "load_qlora_model": "trl_extras.quantization",

@@ -17,16 +17,41 @@ __all__ = ["MDPOConfig"]
 @dataclass
 class MDPOConfig(DPOConfig):
     r"""
-    Configuration class for [`MDPOTrainer`] (mDPO, https://arxiv.org/abs/2406.11839).
+    Configuration class for the [`~trl_extras.MDPOTrainer`] (mDPO, [arXiv:2406.11839](https://arxiv.org/abs/2406.11839)).
 
-    Inherits every parameter of [`trl.DPOConfig`] (``beta``, ``loss_type``, ``max_length``, ...); the DPO part of the
-    mDPO loss is DPOTrainer's, for any ``loss_type``. The fields added here weight mDPO's two extra terms and
-    configure the image corruption ``m'`` of the conditional term; their help text is in ``metadata["help"]``.
-    Setting ``conditional_weight=0`` and ``anchor_weight=0`` gives plain DPO.
+    Inherits every parameter of [`~trl.DPOConfig`]; the DPO part of the mDPO loss is DPOTrainer's, for any
+    `loss_type`. Only the parameters added here are listed; `conditional_weight=0` and `anchor_weight=0` give plain
+    DPO. mDPO trains vision-language models only, so `truncation_mode="keep_end"` with a `max_length` (it cuts the
+    image tokens off the front, huggingface/trl#5285) and `precompute_ref_log_probs=True` are refused.
 
-    mDPO trains vision-language models only, so two DPO settings that do not work with images are refused here:
-    ``truncation_mode="keep_end"`` with a ``max_length`` (it cuts the image tokens off the front of the sequence, see
-    huggingface/trl#5285) and ``precompute_ref_log_probs=True``.
+    Parameters:
+        > Parameters that control the mDPO objective
+
+        conditional_weight (`float`, *optional*, defaults to `1.0`):
+            Weight of the conditional preference loss L_CoPO (the chosen response with the true image preferred over
+            the same response with a corrupted image). Paper: 1.0. `0` turns the term and the corrupted rows off.
+        anchor_weight (`float`, *optional*, defaults to `1.0`):
+            Weight of the anchored preference loss L_AncPO, which keeps the chosen response's implicit reward above
+            `anchor`. Paper: 1.0.
+        anchor (`float`, *optional*, defaults to `0.0`):
+            Reward threshold delta of the anchor loss `-log sigmoid(r(m, q, y_w) - delta)`. Paper: 0.
+
+        > Parameters that control the image corruption m' of the conditional term
+
+        corruption_crop_min_area (`float`, *optional*, defaults to `0.01`):
+            Smallest fraction of the image area kept by the random crop (resized back to full size).
+        corruption_crop_max_area (`float`, *optional*, defaults to `0.2`):
+            Largest fraction of the image area kept by the random crop. Paper: 0.2 ("crop 0-20%"). Set both crop
+            areas to `1.0` to disable cropping.
+        corruption_mask_fraction (`float`, *optional*, defaults to `0.0`):
+            Fraction of the image (cells of a grid) blacked out after cropping. `0` disables masking.
+        corruption_mask_grid (`int`, *optional*, defaults to `8`):
+            Cells per side of the masking grid used by `corruption_mask_fraction`.
+        corruption_noise_std (`float`, *optional*, defaults to `0.0`):
+            Standard deviation of Gaussian pixel noise added last, as a fraction of the pixel range (1.0 = 255
+            levels). `0` disables noise.
+        corruption_seed (`int`, *optional*):
+            Seed of the corruption's random generator. Defaults to `seed`.
     """
 
     # > mDPO objective

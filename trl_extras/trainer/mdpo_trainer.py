@@ -3,153 +3,35 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import json
 import os
 import textwrap
 import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
-from transformers import ProcessorMixin
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import DPOTrainer
-from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
 from .. import _trl_compat
 from ..checkpointing import CheckpointSafetyMixin
+from ..collators.mdpo import CORRUPTED_PREFIX, DataCollatorForMDPO
 from ..data import validate_preference_dataset
-from ..image_corruption import ImageCorruption
 from ..losses.mdpo import anchor_loss, conditional_preference_loss, conditional_reward_margin
 from ..quantization import keep_4bit_training_exact
+from ._init import resolve_args, validate_datasets
 from .mdpo_config import MDPOConfig
 
-__all__ = ["DataCollatorForMDPO", "MDPOTrainer"]
+__all__ = ["MDPOTrainer"]
 
 #: Written into each checkpoint: the rows trained so far, where the image corruptions resume.
 MDPO_STATE_NAME = "mdpo_state.json"
 
-#: Prefix of the batch keys that hold the conditional term's rows (chosen response, corrupted image).
-CORRUPTED_PREFIX = "corrupted_"
-
 # Sequence-aligned model inputs, right-padded with these values when batches of different lengths are stacked.
 # Every other tensor input (pixel_values, image_grid_thw, image_sizes, ...) is per image and stacks along dim 0.
 _SEQUENCE_PAD_VALUES = {"attention_mask": 0, "labels": -100, "token_type_ids": 0, "mm_token_type_ids": 0}
-
-
-def _as_pil(image: Any, row: int) -> Image.Image:
-    if isinstance(image, Image.Image):
-        return image
-    if isinstance(image, np.ndarray):
-        return Image.fromarray(image)
-    raise TypeError(
-        f"MDPOTrainer: row {row} of the batch has an image of type {type(image).__name__}; the image corruption "
-        "needs decoded images (PIL.Image.Image or a uint8 numpy array). Cast the column with datasets.Image()."
-    )
-
-
-def _copy_example(example: dict[str, Any]) -> dict[str, Any]:
-    # TRL's collators rewrite the examples they get (image -> images, string messages -> content parts); give each
-    # collator its own copy of the text fields so the two calls see the same raw row.
-    return {
-        key: copy.deepcopy(value) if key in ("prompt", "chosen", "rejected") else value
-        for key, value in example.items()
-    }
-
-
-@dataclass
-class DataCollatorForMDPO:
-    """Adds the rows of mDPO's conditional term to a vision preference batch.
-
-    ``base`` is the vision preference collator DPOTrainer would use (TRL's ``DataCollatorForVisionPreference`` or
-    ``trl_extras.VisionPreferenceCollator``); its batch is returned unchanged, with ``2 * batch`` rows
-    ``[prompt + chosen, prompt + rejected]``. Next to it, under keys prefixed ``corrupted_``, come ``batch`` rows
-    ``prompt + chosen`` whose images are corrupted copies (``corruption``) of the true ones, collated by TRL's
-    prompt-completion vision collator so that they are tokenised exactly like the chosen rows (checked per row).
-
-    Each row's corruption draws from a generator seeded with ``(seed, worker id, global_row(rows))``, ``rows`` being
-    the number of rows corrupted before it in this process and ``global_row`` its place among the rows of all
-    processes: a run is reproducible for a given seed, 2 processes draw what 1 process with their whole batch draws,
-    every step gets fresh crops,
-    and a batch split into gradient-accumulation micro-batches gets the crops the whole batch would. ``rows`` is the
-    collator's whole state: ``MDPOTrainer`` saves the rows it trained on in each checkpoint and restores them on
-    resume, and evaluates with a copy of its own, so a resumed run draws what the uninterrupted run drew (with
-    ``dataloader_num_workers=0``; each worker process counts for itself).
-    """
-
-    base: Callable[[list[dict[str, Any]]], dict[str, Any]]
-    processor: ProcessorMixin
-    corruption: ImageCorruption = field(default_factory=ImageCorruption)
-    seed: int = 0
-    max_length: int | None = None
-    rows: int = 0
-    # Set by MDPOTrainer from its accelerator: the corruption of a row depends on its place among all processes' rows
-    num_processes: int = 1
-    process_index: int = 0
-    batch_size: int | None = None
-    _chosen_collator: DataCollatorForVisionLanguageModeling | None = field(default=None, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self._chosen_collator = DataCollatorForVisionLanguageModeling(
-            processor=self.processor, max_length=self.max_length, completion_only_loss=True
-        )
-
-    def corrupt(self, example: dict[str, Any], row: int) -> list[Image.Image]:
-        worker = torch.utils.data.get_worker_info()
-        rng = np.random.default_rng([self.seed, 0 if worker is None else worker.id, self.global_row(self.rows)])
-        self.rows += 1
-        images = example["images"] if "images" in example else [example["image"]]
-        return [self.corruption(_as_pil(image, row), rng) for image in images]
-
-    def global_row(self, rows: int) -> int:
-        """Where this process's `rows`-th row stands in the rows of all processes, as accelerate shards batches
-        (process ``k`` takes batch ``step * num_processes + k`` of ``batch_size`` rows), so that several processes
-        draw the corruptions one process with their whole batch draws. One process: ``rows`` itself."""
-        if self.num_processes == 1 or not self.batch_size:
-            return rows
-        step, offset = divmod(rows, self.batch_size)
-        return (step * self.num_processes + self.process_index) * self.batch_size + offset
-
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = self.base([_copy_example(example) for example in examples])
-        chosen_rows = []
-        for row, example in enumerate(examples):
-            chosen_row = {"images": self.corrupt(example, row)}
-            chosen_row.update(
-                {k: copy.deepcopy(v) for k, v in example.items() if k in ("prompt", "tools", "chat_template_kwargs")}
-            )
-            chosen_row["completion"] = copy.deepcopy(example["chosen"])
-            chosen_rows.append(chosen_row)
-        corrupted = self._chosen_collator(chosen_rows)
-        corrupted["completion_mask"] = (corrupted.pop("labels") != -100).long()
-        self._check(batch, corrupted)
-        batch.update({CORRUPTED_PREFIX + key: value for key, value in corrupted.items()})
-        return batch
-
-    def _check(self, batch: dict[str, Any], corrupted: dict[str, Any]) -> None:
-        num_rows = corrupted["input_ids"].size(0)
-        completion_tokens = batch["completion_mask"].sum(dim=1)
-        if (completion_tokens == 0).any():
-            row = int((completion_tokens == 0).nonzero()[0]) % num_rows
-            raise ValueError(
-                f"MDPOTrainer: in row {row} of the batch the prompt, with its image tokens, fills "
-                f"max_length={self.max_length}, so a response has no token left to train on. Increase max_length "
-                "(or set it to None) or shorten the prompt."
-            )
-        for row in range(num_rows):
-            chosen = batch["input_ids"][row][batch["completion_mask"][row].bool()]
-            chosen_with_corrupted_image = corrupted["input_ids"][row][corrupted["completion_mask"][row].bool()]
-            if not torch.equal(chosen, chosen_with_corrupted_image):
-                raise ValueError(
-                    f"MDPOTrainer: row {row} of the batch: the chosen response tokenises differently next to the true "
-                    f"image ({chosen.tolist()}) and next to the corrupted image ({chosen_with_corrupted_image.tolist()}). "
-                    "The base collator must tokenise prompt and chosen response like TRL's DataCollatorForVisionPreference."
-                )
 
 
 def _pad_right(tensor: torch.Tensor, length: int, value: int) -> torch.Tensor:
@@ -222,20 +104,13 @@ def _fused_forwards_with_extra_rows(
 class MDPOTrainer(CheckpointSafetyMixin, DPOTrainer):
     r"""
     Trainer for mDPO, [mDPO: Conditional Preference Optimization for Multimodal Large Language
-    Models](https://arxiv.org/abs/2406.11839) (Wang et al., EMNLP 2024).
-
-    For an image ``m``, a question ``q``, a chosen and a rejected response ``y_w``, ``y_l``, a corrupted image ``m'``
-    and the implicit reward ``r(m, q, y) = beta * log(pi_theta(y|m,q) / pi_ref(y|m,q))``, mDPO minimises
-
-        L = L_DPO + conditional_weight * L_CoPO + anchor_weight * L_AncPO
-        L_CoPO  = -log sigmoid(r(m, q, y_w) - r(m', q, y_w))
-        L_AncPO = -log sigmoid(r(m, q, y_w) - anchor)
-
-    (paper: weights 1, ``anchor = 0``). ``L_DPO`` is DPOTrainer's loss for the configured ``loss_type``; the two extra
-    terms are in ``trl_extras.losses.mdpo``, and ``m'`` is a random crop keeping at most 20% of the image
-    (``trl_extras.image_corruption``, configured by ``MDPOConfig.corruption_*``). With both weights 0 the trainer is
-    DPOTrainer, forward passes included. The extra terms use the summed log-probs of the responses (``ld_alpha`` only
-    affects the DPO term).
+    Models](https://arxiv.org/abs/2406.11839) (Wang et al., EMNLP 2024): DPOTrainer's loss (any `loss_type`) plus
+    `conditional_weight` times the conditional preference of the true image over a corrupted copy and
+    `anchor_weight` times an anchor on the chosen reward; the objective is in `trl_extras.losses.mdpo`, the
+    corruption in `trl_extras.image_corruption`, the batches in `trl_extras.collators.DataCollatorForMDPO`. The
+    corrupted-image rows ride along DPOTrainer's own policy and reference forwards (one forward per model, on
+    `3 * batch` rows instead of `2 * batch`); with both weights 0 it is DPOTrainer. It takes DPOTrainer's arguments;
+    `args` must be an [`MDPOConfig`], `processing_class` a processor and every row needs its image(s).
 
     Example:
 
@@ -243,8 +118,7 @@ class MDPOTrainer(CheckpointSafetyMixin, DPOTrainer):
     from datasets import Dataset
     from PIL import Image
     from transformers import AutoModelForImageTextToText
-    from trl_extras import MDPOConfig, MDPOTrainer, build_tiny_vlm
-    from trl_extras.testing._vlm import load_tiny_vlm_processor
+    from trl_extras import MDPOConfig, MDPOTrainer, build_tiny_vlm, load_tiny_vlm_processor
 
     path = build_tiny_vlm("/tmp/tiny-vlm", family="llava")
     dataset = Dataset.from_dict({
@@ -262,25 +136,7 @@ class MDPOTrainer(CheckpointSafetyMixin, DPOTrainer):
     trainer.train()
     ```
 
-    Hooks (DPOTrainer computes its forwards and loss inline in ``_compute_loss``, so that is the one method wrapped):
-
-    - ``__init__``: requires an ``MDPOConfig``, checks the datasets with
-      ``trl_extras.data.validate_preference_dataset(dataset, images="required")`` (a missing, unreadable or surplus
-      image is a ``PreferenceDataError`` naming row and column), calls DPOTrainer's, then wraps the data collator it
-      chose (or was given) in ``DataCollatorForMDPO``, which adds the chosen rows with corrupted images.
-    - ``_load_from_checkpoint``: after the weights (``trl_extras.checkpointing``, which also undoes the key renames
-      ``save_pretrained`` applies to vision-language models), restores the collator's corruption stream from
-      ``mdpo_state.json``, which ``_save_checkpoint`` writes (the rows trained so far); ``get_eval_dataloader``
-      gives evaluation its own copy of the collator.
-    - ``_compute_loss``: calls DPOTrainer's for the DPO loss and its metrics. Meanwhile forward hooks stack the
-      corrupted-image rows under DPOTrainer's own policy and reference forwards (one forward each, as in DPO, on
-      ``3 * batch`` rows instead of ``2 * batch``) and hand DPOTrainer back exactly its own outputs; from the recorded
-      log-probs it adds the conditional and anchor terms and logs ``mdpo/dpo_loss``, ``mdpo/conditional_loss``,
-      ``mdpo/anchor_loss``, ``mdpo/conditional_margin`` and ``mdpo/conditional_accuracy``.
-
-    Args:
-        Same as [`trl.DPOTrainer`]; ``args`` must be an [`MDPOConfig`], ``processing_class`` a processor and the
-        datasets must have an ``images`` (list of images) or ``image`` column.
+    Overrides: `__init__`, `_compute_loss`, `_save_checkpoint`, `_load_from_checkpoint`, `get_eval_dataloader`.
     """
 
     _tag_names = ["trl", "dpo", "mdpo", "trl-extras"]
@@ -299,46 +155,14 @@ class MDPOTrainer(CheckpointSafetyMixin, DPOTrainer):
             }"""),
     }
 
-    def __init__(
-        self,
-        model,
-        ref_model=None,
-        args: MDPOConfig | None = None,
-        data_collator=None,
-        train_dataset=None,
-        eval_dataset=None,
-        processing_class=None,
-        compute_metrics=None,
-        callbacks=None,
-        optimizers=(None, None),
-        quantization_config=None,
-        peft_config=None,
-    ):
-        if args is None:
-            name = model if isinstance(model, str) else model.config._name_or_path
-            args = MDPOConfig(f"{str(name).rstrip('/').split('/')[-1]}-mDPO")
-        elif not isinstance(args, MDPOConfig):
-            raise TypeError(f"MDPOTrainer needs an MDPOConfig as `args`, got {type(args).__name__}.")
-        train_dataset = self._validate_image_data(train_dataset)
-        if isinstance(eval_dataset, dict):
-            eval_dataset = {name: self._validate_image_data(data) for name, data in eval_dataset.items()}
-        else:
-            eval_dataset = self._validate_image_data(eval_dataset)
-        self._rows_trained = 0  # rows this process trained on: where the corruption stream resumes
-        super().__init__(
-            model=model,
-            ref_model=ref_model,
-            args=args,
-            data_collator=data_collator,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            compute_metrics=compute_metrics,
-            callbacks=callbacks,
-            optimizers=optimizers,
-            quantization_config=quantization_config,
-            peft_config=peft_config,
+    def __init__(self, model, ref_model=None, args: MDPOConfig | None = None, **kwargs):
+        args = resolve_args(args, MDPOConfig, model, "MDPOTrainer", "mDPO")
+        # mDPO contrasts the true image with a corrupted one, so every row needs its image(s)
+        kwargs["train_dataset"], kwargs["eval_dataset"] = validate_datasets(
+            _with_required_images, kwargs.get("train_dataset"), kwargs.get("eval_dataset")
         )
+        self._rows_trained = 0  # rows this process trained on: where the corruption stream resumes
+        super().__init__(model, ref_model, args, **kwargs)
         keep_4bit_training_exact(self.model)  # bitsandbytes' CPU repack off, TRL's bf16 adapter cast undone
         if args.conditional_weight > 0 and not isinstance(self.data_collator, DataCollatorForMDPO):
             self.data_collator = DataCollatorForMDPO(
@@ -385,14 +209,6 @@ class MDPOTrainer(CheckpointSafetyMixin, DPOTrainer):
             return super().get_eval_dataloader(eval_dataset)
         finally:
             self.data_collator = collator
-
-    @staticmethod
-    def _validate_image_data(dataset):
-        """The shared data layer's checks, with at least one image per row; returns the dataset it gives back."""
-        if dataset is None:
-            return None
-        # mDPO contrasts the true image with a corrupted one, so every row needs its image(s)
-        return validate_preference_dataset(dataset, images="required")
 
     def _compute_loss(self, model, inputs, return_outputs):
         corrupted = {k[len(CORRUPTED_PREFIX) :]: v for k, v in inputs.items() if k.startswith(CORRUPTED_PREFIX)}
@@ -451,3 +267,8 @@ class MDPOTrainer(CheckpointSafetyMixin, DPOTrainer):
         loss = loss + anchor_weight * anchor
         _trl_compat.metrics(self)[mode]["mdpo/anchor_loss"].append(gather(anchor.detach()).mean().item())
         return (loss, result[1]) if return_outputs else loss
+
+
+def _with_required_images(dataset):
+    """The shared data layer's preference checks, with at least one image per row."""
+    return validate_preference_dataset(dataset, images="required")
