@@ -239,7 +239,10 @@ def test_the_scan_finds_a_private_access(tmp_path):
 def test_unlikelihood_trl_surface():
     from trl.trainer.utils import FusedCausalLMOutput
 
-    assert _params(UnlikelihoodTrainer.__init__) == _params(DPOTrainer.__init__)
+    # gmpo-style: explicit what UnlikelihoodTrainer checks (`ref_model` refused), the rest forwarded to DPOTrainer
+    assert _params(UnlikelihoodTrainer.__init__) == ["self", "model", "ref_model", "args", "kwargs"]
+    assert _params(DPOTrainer.__init__)[:4] == ["self", "model", "ref_model", "args"]
+    assert {"train_dataset", "eval_dataset"} <= set(_params(DPOTrainer.__init__))  # read from kwargs and checked
     assert _params(UnlikelihoodTrainer._compute_loss) == _trl_compat.OVERRIDDEN_HOOKS["DPOTrainer"]["_compute_loss"]
     init_source = inspect.getsource(DPOTrainer.__init__)
     # what our _compute_loss reads from the fused LM head and from DPOTrainer's state

@@ -29,18 +29,35 @@ class UnlikelihoodConfig(DPOConfig):
     r"""
     Configuration class for the [`~trl_extras.UnlikelihoodTrainer`].
 
-    Inherits every parameter of [`~trl.DPOConfig`] (data processing, `max_length`, `model_init_kwargs`, ...) and adds
-    the fields below. The unlikelihood objectives use no reference model, so `precompute_ref_log_probs` and
-    `sync_ref_model` must stay `False`; DPO's loss knobs (`beta`, `loss_type`, `loss_weights`, `ld_alpha`,
-    `f_divergence_type`, `label_smoothing`, `use_weighting`) have no effect and a warning names any that is set.
+    Inherits every parameter of [`~trl.DPOConfig`] (data processing, `max_length`, `model_init_kwargs`, ...); only
+    the parameters added here are listed. The unlikelihood objectives use no reference model, so
+    `precompute_ref_log_probs` and `sync_ref_model` must stay `False`; DPO's loss knobs (`beta`, `loss_type`,
+    `loss_weights`, `ld_alpha`, `f_divergence_type`, `label_smoothing`, `use_weighting`) have no effect and a
+    warning names any that is set.
 
-    > Parameters that control the unlikelihood objective
+    Parameters:
+        > Parameters that control the unlikelihood objective
 
-    Fields: `unlikelihood_type`, `rejected_weight`, `length_normalize`, `min_one_minus_prob` (see each field's help).
+        unlikelihood_type (`str`, *optional*, defaults to `"token"`):
+            `"token"`: mean NLL of the chosen completion's tokens plus `rejected_weight` times the mean over the
+            rejected completion's tokens of `-log(1 - p(token))` (Welleck et al. 2019, bounded below by 0).
+            `"sequence"`: `-log p(chosen|prompt) + rejected_weight * log p(rejected|prompt)`, the DPO paper's
+            unlikelihood baseline, unbounded below and prone to degenerate text.
+        rejected_weight (`float`, *optional*, defaults to `1.0`):
+            Weight of the rejected-completion term (alpha in Welleck et al.). Must be >= 0.
+        length_normalize (`bool`, *optional*, defaults to `False`):
+            Only for `unlikelihood_type="sequence"`: use the mean token log-prob of each completion instead of its
+            sum, so long completions do not dominate the loss.
+        min_one_minus_prob (`float`, *optional*, defaults to `1e-5`):
+            Only for `unlikelihood_type="token"`: floor on `1 - p(token)` in the rejected term, so one token
+            contributes at most `-log(min_one_minus_prob)` nats (11.5 by default) and tokens at the floor get no
+            gradient. 1e-5 is the value of the paper's reference code. Must be in (0, 1).
 
-    > Data
+        > Parameters that control the data
 
-    Fields: `drop_long_prompts` (rows whose prompt fills `max_length`: an error by default, or dropped and counted).
+        drop_long_prompts (`bool`, *optional*, defaults to `False`):
+            Rows whose prompt alone fills `max_length` keep no completion token. `False`: they are an error naming
+            how many and the longest prompt. `True`: they are dropped, with a warning giving the count.
     """
 
     unlikelihood_type: str = field(

@@ -4,34 +4,19 @@ from __future__ import annotations
 
 import textwrap
 import warnings
-from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 from accelerate.utils import is_peft_model
-from datasets import Dataset
 from trl import DPOTrainer
-from trl.trainer.utils import get_config_model_id
 
 from .. import _trl_compat
 from ..checkpointing import CheckpointSafetyMixin
+from ..data import validate_preference_dataset
 from ..losses.unlikelihood import sequence_unlikelihood_loss, token_unlikelihood_loss
 from ..quantization import keep_4bit_training_exact
+from ._init import resolve_args, validate_datasets
 from ._length_check import PreferenceLengthCheck
 from .unlikelihood_config import UnlikelihoodConfig
-
-if TYPE_CHECKING:
-    from datasets import IterableDataset
-    from peft import PeftConfig, PeftModel
-    from transformers import (
-        BitsAndBytesConfig,
-        DataCollator,
-        EvalPrediction,
-        PreTrainedModel,
-        PreTrainedTokenizerBase,
-        ProcessorMixin,
-        TrainerCallback,
-    )
 
 # batch keys the DPO collators add that are not model inputs
 _NON_MODEL_KEYS = frozenset({"completion_mask", "ref_chosen_logps", "ref_rejected_logps"})
@@ -39,25 +24,15 @@ _NON_MODEL_KEYS = frozenset({"completion_mask", "ref_chosen_logps", "ref_rejecte
 
 class UnlikelihoodTrainer(CheckpointSafetyMixin, PreferenceLengthCheck, DPOTrainer):
     r"""
-    Unlikelihood training on preference data: raise the likelihood of the chosen completion, lower that of the
-    rejected one, with no reference model. A drop-in replacement for [`~trl.DPOTrainer`]: same datasets (standard or
-    conversational, explicit or implicit prompt, vision-language with an `images` column), same `peft_config` /
-    `quantization_config` / PEFT-model inputs, same collators and metric names.
-
-    Objectives ([`UnlikelihoodConfig.unlikelihood_type`]), with $\alpha$ = `rejected_weight`:
-
-    - `"token"` (default), the token-level unlikelihood loss of Welleck et al. 2019
-      ([arXiv:1908.04319](https://arxiv.org/abs/1908.04319)) with the rejected completion's tokens as negatives:
-      $\frac{1}{|y_w|}\sum_t -\log \pi_\theta(y_{w,t} \mid x, y_{w,<t})
-      + \alpha \frac{1}{|y_l|}\sum_t -\log\big(1 - \pi_\theta(y_{l,t} \mid x, y_{l,<t})\big)$. Bounded below by 0.
-    - `"sequence"`, the "Unlikelihood" baseline of the DPO paper (Rafailov et al. 2023,
-      [arXiv:2305.18290](https://arxiv.org/abs/2305.18290), section 6 and appendix C.3):
-      $-\log \pi_\theta(y_w \mid x) + \alpha \log \pi_\theta(y_l \mid x)$ (per-token means with
-      `length_normalize=True`). Unbounded below; it degenerates once $\log \pi_\theta(y_l \mid x) \to -\infty$.
-
-    Batch reduction: one loss per pair (token terms are per-completion means), averaged over the pairs of the
-    micro-batch, exactly like DPO's `per_sequence_loss.mean()`; `Trainer` then divides by the gradient accumulation
-    steps (`loss_is_scaled_for_ga = False`, inherited), so accumulation over equal micro-batches matches one big batch.
+    Unlikelihood training on preference pairs with no reference model: raise the likelihood of the chosen
+    completion and lower that of the rejected one, with the token-level unlikelihood loss of Welleck et al. 2019
+    ([arXiv:1908.04319](https://arxiv.org/abs/1908.04319), `unlikelihood_type="token"`) or the "Unlikelihood"
+    baseline of the DPO paper ([arXiv:2305.18290](https://arxiv.org/abs/2305.18290), `"sequence"`); the objectives
+    are in `trl_extras.losses.unlikelihood`. A drop-in replacement for [`~trl.DPOTrainer`] (same datasets,
+    `peft_config` / `quantization_config` / PEFT-model and vision-language inputs, collators and metric names, plus
+    `unlikelihood/*`), except that `ref_model` is refused and no reference model is ever loaded or run: DPOTrainer
+    has no switch for that, so its reference load is skipped (`_trl_compat.dpo_without_reference_model_load`) and
+    its `_compute_loss`, which runs the reference forward inline, is replaced by the policy-only one.
 
     Example:
 
@@ -74,22 +49,7 @@ class UnlikelihoodTrainer(CheckpointSafetyMixin, PreferenceLengthCheck, DPOTrain
     >>> trainer.train()
     ```
 
-    Hooks overridden (everything else is `DPOTrainer`'s):
-
-    - `__init__`: rejects `ref_model`, checks the datasets with `trl_extras.data.validate_preference_dataset`, and
-      runs `DPOTrainer.__init__` with its reference-model load turned into a no-op (see `_trl_compat.dpo_without_reference_model_load`;
-      `DPOTrainer` has no switch for "no reference"), so no second model is ever loaded. With a `PeftModel` that
-      already carries an adapter, `DPOTrainer` copies it into a frozen `"ref"` adapter; that copy is deleted at once.
-      `self.ref_model` is `None` and no reference forward pass (second model or disabled adapter) ever runs.
-    - `_compute_loss`: DPO computes the policy log-probs, the reference log-probs and its loss inline in one
-      330-line method with no narrower hook, so it is replaced. The override keeps DPO's pieces: the same policy
-      forward through TRL's fused LM head (`model(..., labels=..., fused_lm_head=True)`, installed by
-      `DPOTrainer.__init__`), the same `[chosen; rejected]` batch layout, the MoE auxiliary loss, and the same
-      metrics and names (`logps/*`, `logits/*`, `entropy`, `mean_token_accuracy`, `num_tokens`); the loss itself
-      comes from `trl_extras.losses.unlikelihood`. DPO's `rewards/*` are not logged: they are reference log-ratios.
-      New metrics: `unlikelihood/chosen_nll`, `unlikelihood/rejected_loss` (the unweighted terms, so
-      `loss = chosen_nll + rejected_weight * rejected_loss`) and `unlikelihood/rejected_token_prob` (mean p of the
-      rejected completions' tokens).
+    Overrides: `__init__`, `_compute_loss`, `_prepare_dataset` (from `PreferenceLengthCheck`).
     """
 
     _tag_names = ["trl", "trl-extras", "unlikelihood"]
@@ -115,52 +75,19 @@ class UnlikelihoodTrainer(CheckpointSafetyMixin, PreferenceLengthCheck, DPOTrain
             }"""),
     }
 
-    def __init__(
-        self,
-        model: str | PreTrainedModel | PeftModel,
-        ref_model: None = None,
-        args: UnlikelihoodConfig | None = None,
-        data_collator: DataCollator | None = None,
-        train_dataset: Dataset | IterableDataset | None = None,
-        eval_dataset: Dataset | IterableDataset | dict[str, Dataset | IterableDataset] | None = None,
-        processing_class: PreTrainedTokenizerBase | ProcessorMixin | None = None,
-        compute_metrics: Callable[[EvalPrediction], dict] | None = None,
-        callbacks: list[TrainerCallback] | None = None,
-        optimizers: tuple[torch.optim.Optimizer | None, torch.optim.lr_scheduler.LambdaLR | None] = (None, None),
-        quantization_config: BitsAndBytesConfig | None = None,
-        peft_config: PeftConfig | None = None,
-    ):
+    def __init__(self, model, ref_model: None = None, args: UnlikelihoodConfig | None = None, **kwargs):
         if ref_model is not None:
             raise ValueError(
                 "UnlikelihoodTrainer uses no reference model, but `ref_model` was given. Drop the `ref_model` "
                 "argument (and do not load one: it only costs memory)."
             )
-        if args is None:
-            model_name = model if isinstance(model, str) else get_config_model_id(model.config)
-            args = UnlikelihoodConfig(f"{model_name.split('/')[-1]}-Unlikelihood")
-        elif not isinstance(args, UnlikelihoodConfig):
-            raise TypeError(
-                f"UnlikelihoodTrainer needs `args` to be an UnlikelihoodConfig, got {type(args).__name__}. "
-                "UnlikelihoodConfig accepts every DPOConfig field: replace `DPOConfig(...)` by `UnlikelihoodConfig(...)`."
-            )
-        train_dataset, eval_dataset = _validate(train_dataset), _validate(eval_dataset)
-
+        args = resolve_args(args, UnlikelihoodConfig, model, "UnlikelihoodTrainer", "Unlikelihood")
+        kwargs["train_dataset"], kwargs["eval_dataset"] = validate_datasets(
+            validate_preference_dataset, kwargs.get("train_dataset"), kwargs.get("eval_dataset")
+        )
         had_ref_adapter = not isinstance(model, str) and is_peft_model(model) and "ref" in model.peft_config
         with _trl_compat.dpo_without_reference_model_load(self):
-            super().__init__(
-                model,
-                ref_model=None,
-                args=args,
-                data_collator=data_collator,
-                train_dataset=train_dataset,
-                eval_dataset=eval_dataset,
-                processing_class=processing_class,
-                compute_metrics=compute_metrics,
-                callbacks=callbacks,
-                optimizers=optimizers,
-                quantization_config=quantization_config,
-                peft_config=peft_config,
-            )
+            super().__init__(model, None, args, **kwargs)
         keep_4bit_training_exact(self.model)  # bitsandbytes' CPU repack off, TRL's bf16 adapter cast undone
         if is_peft_model(self.model) and "ref" in self.model.peft_config and not had_ref_adapter:
             self.model.delete_adapter("ref")  # DPOTrainer's frozen copy of a pretrained adapter, unused here
@@ -241,13 +168,3 @@ class UnlikelihoodTrainer(CheckpointSafetyMixin, PreferenceLengthCheck, DPOTrain
         metrics["unlikelihood/chosen_nll"].append(gather(chosen_term.detach()).mean().item())
         metrics["unlikelihood/rejected_loss"].append(gather(rejected_term.detach()).mean().item())
         metrics["unlikelihood/rejected_token_prob"].append(token_mean(rejected_logps.exp(), rejected_mask))
-
-
-def _validate(dataset):
-    """Check a preference dataset with the shared data layer (clear errors naming row and column) and return it
-    normalised (explicit prompt, images cast); other dataset types (e.g. `IterableDataset`) go to TRL unchanged."""
-    from ..data import validate_preference_dataset
-
-    if isinstance(dataset, dict):
-        return {name: _validate(split) for name, split in dataset.items()}
-    return validate_preference_dataset(dataset) if isinstance(dataset, Dataset) else dataset
