@@ -301,3 +301,8 @@ def test_mdpo_trl_surface():
     # DPOTrainer computes the policy and reference log-probs with the fused LM head, which our forward hooks extend
     source = inspect.getsource(DPOTrainer._compute_loss)
     assert "fused_lm_head=True" in source and ".log_probs" in source
+    # ... in one policy forward, then one reference forward (two alternative branches): the order the hooks' records
+    # are read in (MDPOTrainer also checks at run time that exactly two such forwards ran)
+    forwards = re.findall(r"([\w.]+)\(\*\*\w+, labels=labels, fused_lm_head=True\)", source)
+    assert forwards == ["model", "self.model", "self.ref_model"], forwards
+    assert source.index("self.model(**ref_model_kwargs") > source.index("if self.precompute_ref_logps:")

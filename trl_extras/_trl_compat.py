@@ -210,8 +210,9 @@ def dpo_without_reference_model_load(trainer) -> Iterator[None]:
     ``trainer.accelerator``). Only the second call is skipped, so ``self.ref_model`` ends up ``None`` and every use of
     it in ``DPOTrainer.__init__`` (dropout, fused head, DeepSpeed or FSDP preparation) is skipped by the parent's own
     ``is not None`` checks. ``DPOTrainer`` has no switch for "no reference model": passing a placeholder
-    ``ref_model`` would be prepared by DeepSpeed / FSDP, and ``precompute_ref_log_probs`` runs a pass over the data
-    and is refused for vision datasets.
+    ``ref_model`` would be prepared by DeepSpeed / FSDP, and ``precompute_ref_log_probs`` runs a pass over the data,
+    hashes the whole model and is refused for vision datasets; no overridable method runs between
+    ``Trainer.__init__`` and the load, which calls a module-level name, so there is no narrower hook to use.
 
     The name on TRL's module is swapped while at least one such ``__init__`` runs (reference-counted under a lock);
     which trainer wants no reference is a context variable, so a plain ``DPOTrainer`` built in another thread at the
