@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import textwrap
@@ -159,7 +160,9 @@ class MDPOTrainer(CheckpointSafetyMixin, DPOTrainer):
         args = resolve_args(args, MDPOConfig, model, "MDPOTrainer", "mDPO")
         # mDPO contrasts the true image with a corrupted one, so every row needs its image(s)
         kwargs["train_dataset"], kwargs["eval_dataset"] = validate_datasets(
-            _with_required_images, kwargs.get("train_dataset"), kwargs.get("eval_dataset")
+            functools.partial(validate_preference_dataset, images="required"),
+            kwargs.get("train_dataset"),
+            kwargs.get("eval_dataset"),
         )
         self._rows_trained = 0  # rows this process trained on: where the corruption stream resumes
         super().__init__(model, ref_model, args, **kwargs)
@@ -267,8 +270,3 @@ class MDPOTrainer(CheckpointSafetyMixin, DPOTrainer):
         loss = loss + anchor_weight * anchor
         _trl_compat.metrics(self)[mode]["mdpo/anchor_loss"].append(gather(anchor.detach()).mean().item())
         return (loss, result[1]) if return_outputs else loss
-
-
-def _with_required_images(dataset):
-    """The shared data layer's preference checks, with at least one image per row."""
-    return validate_preference_dataset(dataset, images="required")
