@@ -8,6 +8,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from trl_extras.losses.ppo import gae_advantages_and_returns
+from trl_extras.trainer import _rollout
 from trl_extras.trainer.ppo_config import PPOConfig
 from trl_extras.trainer.ppo_trainer import PPOTrainer, _check_grpo_loss_fields
 from trl_extras.trainer.value_model import per_token_values
@@ -191,7 +192,7 @@ def test_each_ppo_epoch_reshuffles_the_rollout_into_new_minibatches(tmp_path, ti
     assert trainer._step == 3  # no new rollout was generated for the second epoch
     for minibatches in epochs:  # every epoch covers the whole rollout once
         assert minibatches[0].isdisjoint(minibatches[1])
-        assert minibatches[0] | minibatches[1] == rows(trainer._rollout)
+        assert minibatches[0] | minibatches[1] == rows(_rollout.peek(trainer, "train").batch)
     assert epochs[0][0] != epochs[1][0] and epochs[0][0] != epochs[1][1]  # a new split (fixed seed)
 
 

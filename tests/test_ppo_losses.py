@@ -9,6 +9,7 @@ from trl_extras.losses.ppo import (
     KLController,
     gae_advantages_and_returns,
     masked_mean,
+    masked_moments,
     masked_var,
     masked_whiten,
     per_token_kl,
@@ -96,6 +97,21 @@ def test_masked_statistics_and_whitening():
     torch.testing.assert_close(whitened, torch.tensor([[0.0, 0.5, 1.0, 0.0]]))  # (x - 2) / 4 on real tokens
     whitened = masked_whiten(x, mask, shift_mean=False, eps=0.0, **stats)
     torch.testing.assert_close(whitened, torch.tensor([[2.0, 2.5, 3.0, 0.0]]))
+
+
+def test_masked_moments_over_processes_are_those_of_the_whole_batch():
+    x = torch.tensor([[2.0, 4.0, 6.0, 100.0]])
+    mask = torch.tensor([[1, 1, 1, 0]])
+    one = masked_moments(x, mask)  # one process: masked_mean and masked_var
+    assert one["mean"].item() == pytest.approx(4.0) and one["var"].item() == pytest.approx(4.0)
+    # two processes holding the same rows: the sums double, so the moments are those of [x; x] on one process
+    two = masked_moments(x, mask, reduce_sum=lambda t: 2 * t)
+    both, both_mask = torch.cat([x, x]), torch.cat([mask, mask])
+    assert two["mean"].item() == pytest.approx(masked_mean(both, both_mask, dim=None).item())
+    assert two["var"].item() == pytest.approx(masked_var(both, both_mask).item())  # 16 / 5, not 4
+    assert two["var"].item() == pytest.approx(16 / 5)
+    single = masked_moments(x, torch.tensor([[0, 1, 0, 0]]))  # one masked token: variance 0, not NaN
+    assert single["mean"].item() == 4.0 and single["var"].item() == 0.0
 
 
 def test_policy_loss_clips_by_hand():

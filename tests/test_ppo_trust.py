@@ -108,6 +108,24 @@ def test_inf_or_nan_score_from_a_reward_model_names_the_model(tmp_path, tiny_lm_
         assert_same(params(trainer.model), before)
 
 
+def test_check_finite_rewards_names_the_process_and_row_of_a_gathered_batch():
+    from torch import nn
+
+    from trl_extras.rewards import RewardFunctionError, check_finite_rewards
+
+    rewards = torch.zeros(8, 2)  # 2 processes x 4 rows, gathered; column 0 a function, column 1 a reward model
+    rewards[2, 0] = float("nan")  # a function's None: that row is left out, not an error
+    check_finite_rewards(rewards, [even_tokens, nn.Linear(1, 1)], ["even", "rm"], ["p"] * 4, ["c"] * 4, 2, 0)
+    rewards[5, 1] = float("nan")  # a reward model has no None: an error, on every process
+    args = (rewards, [even_tokens, nn.Linear(1, 1)], ["even", "rm"], [f"p{i}" for i in range(4)], ["c"] * 4, 2)
+    with pytest.raises(
+        RewardFunctionError, match=r"reward model `rm` returned nan for row 1 of process 1's batch \(1 of"
+    ):
+        check_finite_rewards(*args, 0)
+    with pytest.raises(RewardFunctionError, match=r"row 1 of process 1's batch \(prompt 'p1', completion 'c'\)"):
+        check_finite_rewards(*args, 1)  # the process holding the row shows it
+
+
 # ---- the critic's vocabulary --------------------------------------------------------------------------------------
 
 

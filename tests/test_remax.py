@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import GRPOConfig
 
 from trl_extras.losses.remax import remax_advantages, remax_loss, weighted_rewards
+from trl_extras.trainer import _rollout
 from trl_extras.trainer.remax_config import ReMaxConfig
 from trl_extras.trainer.remax_trainer import GreedyRowsLogitsProcessor, ReMaxTrainer
 
@@ -220,6 +221,11 @@ def test_greedy_rows_processor_survives_the_sampling_warpers():
     assert (torch.multinomial(probs[3:], 50, replacement=True) == scores[3:].argmax(-1, keepdim=True)).all()
 
 
+def _greedy_of(trainer):
+    """The greedy completions `_generate` recorded for `_calculate_rewards` (the rollout record of this mode)."""
+    return _rollout.record(trainer).greedy
+
+
 def _counting_generate(model):
     calls = []
     generate = model.generate
@@ -282,7 +288,7 @@ def test_greedy_rows_decode_in_the_samples_call_and_equal_a_separate_greedy_deco
     try:
         torch.manual_seed(0)
         _, sample_ids, *_ = trainer._generate(rows)
-        greedy = trainer._greedy_batch
+        greedy = _greedy_of(trainer)
         assert calls == [len(rows) + len(prompts)]  # one call: 8 sample rows and 4 greedy rows
 
         assert greedy.stride == 2 and len(sample_ids) == len(rows)
@@ -297,7 +303,7 @@ def test_greedy_rows_decode_in_the_samples_call_and_equal_a_separate_greedy_deco
         trainer._greedy_in_same_call = lambda: False
         trainer._generate(rows)
         assert calls == [len(rows), len(prompts)]
-        assert trainer._greedy_batch.completion_ids == greedy.completion_ids
+        assert _greedy_of(trainer).completion_ids == greedy.completion_ids
     finally:
         del trainer.model.generate
         vars(trainer).pop("_greedy_in_same_call", None)
@@ -321,7 +327,7 @@ def test_dropout_keeps_the_greedy_pass_separate_and_in_eval_mode(tmp_path, tiny_
     trainer._generate(PROMPTS)
     assert calls == [3, 3]
     del trainer.model.generate
-    assert trainer._greedy_batch.completion_ids == _separate_greedy_decode(trainer, PROMPTS, 6)
+    assert _greedy_of(trainer).completion_ids == _separate_greedy_decode(trainer, PROMPTS, 6)
     # With dropout off, one call again
     trainer.model.eval()
     assert trainer._greedy_in_same_call()
@@ -392,7 +398,7 @@ def test_vllm_colocate_sends_the_greedy_rows_in_the_samples_request(tmp_path, ti
     assert all((p.temperature, p.top_p, p.top_k, p.min_p) == (0.0, 1.0, 0, 0.0) for p in params[4:])
     assert all(p.repetition_penalty == 1.2 and p.max_tokens == 3 for p in params)  # shared processors and limits
     assert sample_ids == [[100 + i] * 3 for i in range(4)] and len(logprobs) == 4
-    assert trainer._greedy_batch.completion_ids == [[7] * 3, [7] * 3]
+    assert _greedy_of(trainer).completion_ids == [[7] * 3, [7] * 3]
     assert "generate" not in vars(engine.llm)  # the per-row wrapper is gone after the call
 
 

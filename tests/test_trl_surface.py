@@ -257,7 +257,11 @@ def test_unlikelihood_trl_surface():
 def test_remax_trl_surface():
     # the hooks ReMax overrides are pinned by test_overridden_hook_signatures; GRPO's loss is used as it is
     assert _params(GRPOTrainer._compute_loss) == ["self", "model", "inputs"]
-    assert _params(ReMaxTrainer.__init__) == _params(GRPOTrainer.__init__)  # same constructor arguments
+    # ReMax's __init__ names GRPO's first arguments and forwards the rest (**kwargs); the ones it refuses are GRPO's
+    remax_init = inspect.signature(ReMaxTrainer.__init__).parameters
+    explicit = [name for name, p in remax_init.items() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    assert explicit == _params(GRPOTrainer.__init__)[: len(explicit)] and len(explicit) < len(remax_init)
+    assert {"tools", "rollout_func", "environment_factory"} <= set(_params(GRPOTrainer.__init__))
     # The greedy pass unpacks the parent's `_generate` output and reads these attributes
     source = inspect.getsource(GRPOTrainer._generate)
     assert (

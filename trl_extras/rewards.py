@@ -39,6 +39,7 @@ from typing import Any
 __all__ = [
     "CheckedRewardFunc",
     "RewardFunctionError",
+    "check_finite_rewards",
     "check_reward_funcs",
     "resolve_reward_func",
     "resolve_reward_funcs",
@@ -163,6 +164,45 @@ def check_reward_funcs(reward_funcs: Any, field: str = "reward_funcs") -> Any:
     for index, func in enumerate(entries):
         checked.append(_checked(func, f"{field}[{index}]" if isinstance(reward_funcs, list) else field))
     return checked if isinstance(reward_funcs, list) else checked[0]
+
+
+def check_finite_rewards(
+    rewards_per_func: Any,
+    reward_funcs: Sequence[Any],
+    reward_func_names: Sequence[str],
+    prompts: Sequence[Any],
+    completions: Sequence[Any],
+    num_processes: int = 1,
+    process_index: int = 0,
+    trainer_name: str = "PPO",
+) -> None:
+    """Stop before a non-finite score reaches a value-based update (GAE would turn every parameter into NaN).
+
+    ``rewards_per_func`` is ``(N, K)``, gathered over the ``num_processes`` processes (each holding ``len(prompts)``
+    rows), so every process sees the same rows and raises together; the process that holds the bad row adds its
+    prompt and completion to the message. NaN is TRL's ``None`` (no reward for this row) from a reward function and
+    passes; a reward model (an ``nn.Module`` in ``reward_funcs``) has no such convention, so NaN from it is an error,
+    as is ``inf`` from either. Raises ``RewardFunctionError`` naming the function, the row and the value.
+    """
+    import torch
+    import torch.nn as nn
+
+    is_model = torch.tensor([isinstance(f, nn.Module) for f in reward_funcs], device=rewards_per_func.device)
+    bad = torch.isinf(rewards_per_func) | (torch.isnan(rewards_per_func) & is_model.unsqueeze(0))  # (N, K)
+    if not bad.any():
+        return
+    row, k = (int(i) for i in bad.nonzero()[0])
+    kind = "reward model" if isinstance(reward_funcs[k], nn.Module) else "reward function"
+    process, local_row = divmod(row, len(prompts))
+    where = f"row {local_row} of process {process}'s batch" if num_processes > 1 else f"row {row}"
+    if process == process_index:
+        where += f" (prompt {prompts[local_row]!r}, completion {completions[local_row]!r})"
+    raise RewardFunctionError(
+        f"The {kind} `{reward_func_names[k]}` returned {rewards_per_func[row, k].item()} for {where} "
+        f"({int(bad[:, k].sum())} of {bad.size(0)} rows are non-finite). {trainer_name} needs a finite score for "
+        "every completion: a non-finite one makes the advantages and then every parameter NaN. Return a finite "
+        "number (or None, from a reward function, to leave the row out of training)."
+    )
 
 
 def _checked(func: Any, where: str) -> Any:

@@ -37,6 +37,7 @@ contiguous from the first token (what generation produces).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -97,6 +98,33 @@ def masked_whiten(
     if not shift_mean:
         whitened = whitened + mean
     return whitened * mask.to(x.dtype)
+
+
+def masked_moments(
+    x: torch.Tensor, mask: torch.Tensor, reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
+    """Mean and unbiased variance of ``x`` over its masked positions, as ``masked_mean`` and ``masked_var`` compute
+    them, with the sums taken over every process: ``reduce_sum`` adds a tensor over processes (the trainer passes
+    ``accelerator.reduce(t, reduction="sum")``; ``None``: this process only). A rollout split over processes is then
+    whitened as one batch, the same as on one process.
+
+    Args:
+        x: ``(B, T)``.
+        mask: ``(B, T)``, 0/1.
+        reduce_sum: ``tensor -> tensor`` of the same shape, summed over processes.
+
+    Returns:
+        ``{"mean": (), "var": ()}``, to pass to ``masked_whiten(x, mask, **moments)``; ``var`` is 0 with fewer than two
+        masked positions in all.
+    """
+    reduce_sum = reduce_sum or (lambda t: t)
+    mask = mask.to(x.dtype)
+    totals = reduce_sum(torch.stack([(x * mask).sum(), mask.sum()]))
+    count = totals[1]
+    mean = totals[0] / count.clamp(min=1.0)
+    squares = reduce_sum((((x - mean) ** 2) * mask).sum())
+    var = torch.where(count > 1, squares / (count - 1).clamp(min=1.0), torch.zeros_like(squares))
+    return {"mean": mean, "var": var}
 
 
 def per_token_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:

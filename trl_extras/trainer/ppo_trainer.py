@@ -29,6 +29,7 @@ from ..losses.ppo import (
     KLController,
     gae_advantages_and_returns,
     masked_mean,
+    masked_moments,
     masked_whiten,
     per_token_kl,
     per_token_rewards,
@@ -36,8 +37,8 @@ from ..losses.ppo import (
     ppo_value_loss,
 )
 from ..quantization import keep_4bit_training_exact
-from ..rewards import check_reward_funcs
-from . import _ppo_legacy
+from ..rewards import check_finite_rewards, check_reward_funcs
+from . import _ppo_legacy, _rollout
 from .ppo_config import PPOConfig
 from .value_model import (
     PerTokenValueModel,
@@ -244,7 +245,6 @@ class PPOTrainer(CheckpointSafetyMixin, _ppo_legacy.LegacyPPOTrainerMixin, GRPOT
         self.add_callback(_ZeroGradAfterStep(self.value_model))
 
         self.kl_ctl = KLController(value=args.kl_coef, target=args.kl_target, horizon=args.kl_horizon)
-        self._rollout = None  # the latest training rollout, reshuffled into new minibatches at each PPO epoch
 
     # ---- value model --------------------------------------------------------------------------------------------
 
@@ -316,36 +316,17 @@ class PPOTrainer(CheckpointSafetyMixin, _ppo_legacy.LegacyPPOTrainerMixin, GRPOT
     # ---- rollout ------------------------------------------------------------------------------------------------
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        self._check_rewards(rewards_per_func, prompts, completions)
-        self._rewards_per_func = rewards_per_func  # (B_global, K); the parent folds it into group advantages
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)  # (N, K)
+        # A non-finite score stops here, naming the reward and the row (it would make every parameter NaN)
+        check_finite_rewards(
+            rewards_per_func, self.reward_funcs, self.reward_func_names, prompts, completions,
+            self.accelerator.num_processes, self.accelerator.process_index,
+        )  # fmt: skip
+        _rollout.record(self).rewards_per_func = rewards_per_func  # the parent folds it into group advantages
         return rewards_per_func
 
-    def _check_rewards(self, rewards_per_func, prompts, completions) -> None:
-        """Stop before a non-finite score reaches GAE (it would turn every parameter into NaN at the next update).
-
-        `rewards_per_func` is gathered, so every process sees the same rows and raises together. NaN is TRL's `None`
-        (no reward for this row) from a reward function; a reward model has no such convention.
-        """
-        is_model = torch.tensor([isinstance(f, nn.Module) for f in self.reward_funcs], device=rewards_per_func.device)
-        bad = torch.isinf(rewards_per_func) | (torch.isnan(rewards_per_func) & is_model.unsqueeze(0))  # (B_global, K)
-        if not bad.any():
-            return
-        row, k = (int(i) for i in bad.nonzero()[0])
-        kind = "reward model" if isinstance(self.reward_funcs[k], nn.Module) else "reward function"
-        n_local = len(prompts)
-        process, local_row = divmod(row, n_local)
-        where = f"row {local_row} of process {process}'s batch" if self.accelerator.num_processes > 1 else f"row {row}"
-        if process == self.accelerator.process_index:
-            where += f" (prompt {prompts[local_row]!r}, completion {completions[local_row]!r})"
-        raise ValueError(
-            f"The {kind} `{self.reward_func_names[k]}` returned {rewards_per_func[row, k].item()} for {where} "
-            f"({int(bad[:, k].sum())} of {bad.size(0)} rows are non-finite). PPO needs a finite score for every "
-            "completion: a non-finite one makes the advantages and then every parameter NaN. Return a finite number "
-            "(or None, from a reward function, to leave the row out of training)."
-        )
-
     def _generate_and_score_completions(self, inputs):
+        record = _rollout.begin(self)  # filled by `_calculate_rewards` inside the parent's call
         output = super()._generate_and_score_completions(inputs)
         mode = "train" if self.model.training else "eval"
         device = self.accelerator.device
@@ -368,7 +349,7 @@ class PPOTrainer(CheckpointSafetyMixin, _ppo_legacy.LegacyPPOTrainerMixin, GRPOT
         old_logps = output["old_per_token_logps"]  # (B, T)
 
         # Sequence scores: the weighted sum of the reward functions, this process's rows
-        rewards_per_func = self._rewards_per_func
+        rewards_per_func = record.consume("rewards_per_func", reader="PPOTrainer._generate_and_score_completions")
         n_local = completion_ids.size(0)
         rows = slice(self.accelerator.process_index * n_local, (self.accelerator.process_index + 1) * n_local)
         weighted = rewards_per_func * self.reward_weights.to(rewards_per_func.device).unsqueeze(0)
@@ -415,18 +396,14 @@ class PPOTrainer(CheckpointSafetyMixin, _ppo_legacy.LegacyPPOTrainerMixin, GRPOT
 
         if mode == "train":
             self.kl_ctl.update(seq_kl.mean().item(), n_episodes=seq_kl.numel())
-            self._rollout = output
+            record.batch = output  # kept for the PPO epochs of this rollout (`_prepare_inputs`) and for checkpoints
+        else:
+            _rollout.end(self, reader="PPOTrainer._generate_and_score_completions")
         return output
 
     def _global_moments(self, x, mask) -> dict[str, torch.Tensor]:
-        """Mean and unbiased variance of `x` over the masked positions of every process (as `masked_var`)."""
-        mask = mask.to(x.dtype)
-        totals = self.accelerator.reduce(torch.stack([(x * mask).sum(), mask.sum()]), reduction="sum")
-        count = totals[1]
-        mean = totals[0] / count.clamp(min=1.0)
-        squares = self.accelerator.reduce((((x - mean) ** 2) * mask).sum(), reduction="sum")
-        var = torch.where(count > 1, squares / (count - 1).clamp(min=1.0), torch.zeros_like(squares))
-        return {"mean": mean, "var": var}
+        """Mean and unbiased variance of `x` over the masked positions of every process (`masked_moments`)."""
+        return masked_moments(x, mask, lambda t: self.accelerator.reduce(t, reduction="sum"))
 
     def _prepare_inputs(self, generation_batch):
         # The parent splits each rollout into minibatches once and replays them for every epoch. PPO reshuffles at
@@ -435,15 +412,13 @@ class PPOTrainer(CheckpointSafetyMixin, _ppo_legacy.LegacyPPOTrainerMixin, GRPOT
         steps_per_rollout = self.args.steps_per_generation
         if (
             self.model.training
-            and self._rollout is not None
             and _trl_compat.buffered_inputs(self) is not None
             and steps_per_rollout > 1
             and _trl_compat.step(self) % steps_per_rollout == 0
             and _trl_compat.step(self) % (steps_per_rollout * self.num_iterations) != 0
         ):
-            _trl_compat.set_buffered_inputs(
-                self, split_tensor_dict(shuffle_sequence_dict(self._rollout), steps_per_rollout)
-            )
+            rollout = _rollout.require(self, "batch", reader="PPOTrainer._prepare_inputs")
+            _trl_compat.set_buffered_inputs(self, split_tensor_dict(shuffle_sequence_dict(rollout), steps_per_rollout))
         inputs = super()._prepare_inputs(generation_batch)
         # The loss is a token mean over the optimizer step's tokens: every micro-batch of the accumulation window,
         # on every process. Count them here, once per micro-batch, so that 2 processes x 4 rows = 1 x 8 rows and
@@ -584,9 +559,10 @@ class PPOTrainer(CheckpointSafetyMixin, _ppo_legacy.LegacyPPOTrainerMixin, GRPOT
         # (or minibatches) of a rollout resumes with the same rollout, in the same minibatches, at the same step.
         super()._save_rng_state(output_dir)
         mid_rollout = _trl_compat.step(self) % (self.args.steps_per_generation * self.num_iterations) != 0
+        rollout = _rollout.get(self, "PPOTrainer._save_rng_state", mode="train") if mid_rollout else None
         state = {
             "step": _trl_compat.step(self),
-            "rollout": self._rollout if mid_rollout else None,
+            "rollout": rollout.state_dict() if rollout is not None else None,
             "buffered_inputs": _trl_compat.buffered_inputs(self) if mid_rollout else None,
         }
         torch.save(state, os.path.join(output_dir, ROLLOUT_NAME.format(self.accelerator.process_index)))
@@ -608,7 +584,7 @@ class PPOTrainer(CheckpointSafetyMixin, _ppo_legacy.LegacyPPOTrainerMixin, GRPOT
         state = torch.load(path, map_location=self.accelerator.device, weights_only=True)
         _trl_compat.set_step(self, state["step"])
         if state["rollout"] is not None:
-            self._rollout = state["rollout"]
+            _rollout.put(self, "train", _rollout.Rollout.from_state_dict(state["rollout"]))
             _trl_compat.set_buffered_inputs(self, state["buffered_inputs"])
 
     def _load_optimizer_and_scheduler(self, checkpoint):
