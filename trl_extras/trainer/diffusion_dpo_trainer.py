@@ -1,5 +1,5 @@
 """Diffusion-DPO on transformers' ``Trainer``, as TRL builds its trainers: the step and the wiring. The objective is
-in `trl_extras.losses.diffusion_dpo`; families, loading, data checks, encoding, saving, online pairs in `.diffusion`."""
+in `trl_extras.losses.diffusion_dpo`; families, loading, data checks, encoding, saving, online pairs: `.diffusion`."""
 
 from __future__ import annotations
 
@@ -37,15 +37,12 @@ __all__ = ["DEFAULT_UNET_LORA_TARGETS", "DiffusionDPOTrainer", "NoisedLatents", 
 class DiffusionDPOTrainer(CheckpointSafetyMixin, _trl_compat.BaseTrainer):
     r"""
     Trainer for Diffusion-DPO (Wallace et al. 2023, [arXiv:2311.12908](https://arxiv.org/abs/2311.12908)): aligns
-    a text-to-image pipeline to preferred / dispreferred image pairs against a frozen reference, with the objective
-    of `trl_extras.losses.diffusion_dpo` (one noise and noise level per pair, shared by both images; `loss_type="sft"`
-    the paper's SFT baseline). One adapter per model family (`trl_extras.trainer.diffusion`: SD 1.x/2.x and SDXL
-    UNets with DDPM targets; SD3/SD3.5, Flux.1 and Sana with flow matching) encodes, noises and calls the denoiser,
-    the only part that trains; the reference is the frozen initial denoiser, or with `peft_config` /
-    `quantization_config` (LoRA, QLoRA) the same network with its adapters disabled. Data: Pick-a-Pic or
-    `caption`/`chosen`/`rejected` rows (`trl_extras.data.validate_image_pair_dataset`), or, with `reward_funcs`,
-    prompts whose best- and worst-scored of `args.num_generations` samples form each pair. Saves in diffusers'
-    formats (`unet/` or `transformer/`, a whole pipeline from `save_model()`, LoRA that `load_lora_weights` reads).
+    a text-to-image pipeline to preferred / dispreferred image pairs against a frozen reference with the objective of
+    `trl_extras.losses.diffusion_dpo` (`loss_type="sft"`: the paper's SFT baseline). A family adapter
+    (`trl_extras.trainer.diffusion`: SD 1.x/2.x and SDXL UNets, DDPM; SD3/SD3.5, Flux.1, Sana, flow matching) encodes,
+    noises and calls the denoiser, the only part that trains; the reference is its frozen initial copy, or with LoRA
+    / QLoRA the same network with the adapters disabled. Data: image pairs (`validate_image_pair_dataset`) or, with
+    `reward_funcs`, prompts whose best and worst of `args.num_generations` samples form each pair.
 
     Example:
 
@@ -99,24 +96,18 @@ class DiffusionDPOTrainer(CheckpointSafetyMixin, _trl_compat.BaseTrainer):
         quantization_config: Any = None,
         reward_funcs: Callable | list[Callable] | None = None,
     ):
-        """``model``: a pipeline path / Hub id (`DiffusionPipeline.from_pretrained(model, **args.model_init_kwargs)`)
-        or a loaded pipeline, trained in place. ``args`` defaults to `DiffusionDPOConfig("<model name>-DiffusionDPO")`;
-        ``data_collator`` to the family's [`DiffusionPreferenceCollator`]; ``callbacks``, ``optimizers`` as in
-        `Trainer`. ``peft_config``: LoRA (`target_modules=None`: the family's default). ``quantization_config``: QLoRA,
-        a `diffusers.BitsAndBytesConfig` with ``peft_config`` or a `trl_extras.QLoRAConfig` (``model`` a path, CUDA).
-        ``reward_funcs``: online pairs, TRL's GRPO reward signature over PIL images, ``f(prompts, completions,
-        **columns) -> list[float]``."""
+        """``model``: a pipeline path / Hub id (loaded with ``args.model_init_kwargs``) or a loaded pipeline, trained
+        in place. ``peft_config``: LoRA (``target_modules=None``: the family's default). ``quantization_config``:
+        QLoRA, a `diffusers.BitsAndBytesConfig` with ``peft_config`` or a `trl_extras.QLoRAConfig` (CUDA, ``model`` a
+        path). ``reward_funcs``: online pairs, ``f(prompts, completions: list[PIL.Image], **columns) -> list[float]``.
+        """
         if args is None:
             name = model if isinstance(model, str) else "pipeline"
             args = DiffusionDPOConfig(f"{os.path.basename(str(name).rstrip('/'))}-DiffusionDPO")
         if train_dataset is None:
             raise ValueError("DiffusionDPOTrainer needs a `train_dataset`.")
-        if reward_funcs is not None and not isinstance(reward_funcs, (list, tuple)):
-            reward_funcs = [reward_funcs]
-        self.reward_funcs = list(reward_funcs or [])
+        self.reward_funcs = check_online(reward_funcs, args)
         self.online = bool(self.reward_funcs)
-        if self.online:
-            check_online(self.reward_funcs, args)
         # Data first: a bad row fails before any model is loaded.
         train_dataset, eval_dataset = check_datasets(train_dataset, eval_dataset, args, self.online)
 
@@ -290,12 +281,10 @@ class DiffusionDPOTrainer(CheckpointSafetyMixin, _trl_compat.BaseTrainer):
     # ------------------------------------------------------------------ saving and loading (diffusers formats)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
-        if not self.args.should_save:
-            return
-        os.makedirs(output_dir, exist_ok=True)
-        save_denoiser(self.family, self.accelerator.unwrap_model(self.model), output_dir, self.is_peft, state_dict)
-        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+        if self.args.should_save:
+            output_dir = output_dir if output_dir is not None else self.args.output_dir
+            save_denoiser(self.family, self.accelerator.unwrap_model(self.model), output_dir, self.is_peft, state_dict)
+            torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         super().save_model(output_dir, _internal_call=_internal_call)

@@ -91,7 +91,14 @@ def sample_online_pairs(
     return encoded
 
 
-def check_online(reward_funcs: list, args: DiffusionDPOConfig) -> None:
+def check_online(reward_funcs: Any, args: DiffusionDPOConfig) -> list:
+    """The trainer's ``reward_funcs`` (``None``, one function or several) as a list, checked against ``args`` when
+    there are any (online mode)."""
+    if reward_funcs is not None and not isinstance(reward_funcs, (list, tuple)):
+        reward_funcs = [reward_funcs]
+    reward_funcs = list(reward_funcs or [])
+    if not reward_funcs:
+        return reward_funcs
     for index, function in enumerate(reward_funcs):
         if not callable(function):
             raise TypeError(
@@ -110,3 +117,4 @@ def check_online(reward_funcs: list, args: DiffusionDPOConfig) -> None:
             "DiffusionDPOConfig.cache_latents=True has nothing to cache with `reward_funcs`: online pairs are sampled "
             "fresh at every step. Set cache_latents=False."
         )
+    return reward_funcs

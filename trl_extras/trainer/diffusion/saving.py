@@ -26,6 +26,7 @@ def save_denoiser(
     fine-tuning: ``denoiser.save_pretrained(<dir>/<denoiser>)``, or ``state_dict`` (gathered by DeepSpeed / FSDP)
     written as its safetensors file beside the config."""
     subfolder = family.denoiser_name
+    os.makedirs(output_dir, exist_ok=True)
     if is_peft:
         lora_layers = family.lora_layers(denoiser, state_dict)
         family.save_lora_weights(output_dir, lora_layers, denoiser.peft_config["default"].to_dict())
