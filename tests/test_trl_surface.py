@@ -28,12 +28,10 @@ PACKAGE = pathlib.Path(_trl_compat.__file__).parent
 # Modules not yet moved onto _trl_compat (other work in progress, issue 14): each still touches TRL internals.
 EXCEPTIONS = {
     "_trl_compat.py",  # the compat module itself
-    "trainer/diffusion_dpo_trainer.py",  # subclasses `_BaseTrainer`, reads `_metrics` (diffusion work in progress)
-    "trainer/diffusion_dpo_config.py",  # subclasses `_BaseConfig` (diffusion work in progress)
     "cli.py",  # multi-process launcher work in progress
     "scripts/_common.py",  # multi-process launcher work in progress
 }
-EXCEPTION_DIRS = ("trainer/diffusion/",)  # diffusion family adapters, work in progress
+EXCEPTION_DIRS = ()
 
 # TRL's documented subclass attributes (model-card name, paper, tags, template): set by every trainer, not internals
 DOCUMENTED_UNDERSCORE = {"_name", "_paper", "_tag_names", "_template_file"}
@@ -310,3 +308,44 @@ def test_mdpo_trl_surface():
     forwards = re.findall(r"([\w.]+)\(\*\*\w+, labels=labels, fused_lm_head=True\)", source)
     assert forwards == ["model", "self.model", "self.ref_model"], forwards
     assert source.index("self.model(**ref_model_kwargs") > source.index("if self.precompute_ref_logps:")
+
+
+# ===================================================================================== Diffusion-DPO (h-diffstruct)
+TRL_CLASSES["BaseTrainer"] = _trl_compat.BaseTrainer  # its hooks DiffusionDPOTrainer overrides: OVERRIDDEN_HOOKS
+
+
+def test_diffusion_dpo_bases():
+    """What `_trl_compat.BaseTrainer` / `BaseConfig` give DiffusionDPOTrainer / DiffusionDPOConfig (see there)."""
+    from transformers import Trainer, TrainingArguments
+
+    from trl_extras import DiffusionDPOConfig, DiffusionDPOTrainer
+
+    base, config = _trl_compat.BaseTrainer, _trl_compat.BaseConfig
+    assert issubclass(base, Trainer) and issubclass(DiffusionDPOTrainer, base) and base is _BaseTrainer
+    assert _params(base.__init__) == ["self", "args", "kwargs"]
+    init = inspect.getsource(base.__init__)
+    assert "super().__init__(*args, **kwargs)" in init and "self._send_telemetry()" in init
+    # the model card: written from the class attributes every TRL trainer (and ours) sets
+    assert _params(base.create_model_card) == ["self", "model_name", "dataset_name", "tags"]
+    card = inspect.getsource(base.create_model_card)
+    for read in ("self._tag_names", "self._name", 'self._paper.get("citation")', 'self._paper.get("id")'):
+        assert read in card, f"TRL's _BaseTrainer.create_model_card no longer reads {read}"
+    assert 'os.path.join(self.args.output_dir, "README.md")' in card
+    # transformers' own switch, which DiffusionDPOTrainer sets (not TRL's compatibility shim for older versions)
+    assert hasattr(Trainer, "loss_is_scaled_for_ga")
+    # TRL's defaults, inherited by DiffusionDPOConfig (docs/diffusion_dpo.md states them)
+    assert issubclass(config, TrainingArguments) and issubclass(DiffusionDPOConfig, config)
+    defaults = {name: f.default for name, f in config.__dataclass_fields__.items()}
+    assert (defaults["logging_steps"], defaults["gradient_checkpointing"], defaults["bf16"]) == (10, True, None)
+    assert "self.bf16 = not (self.fp16) if self.bf16 is None else self.bf16" in inspect.getsource(config.__post_init__)
+
+
+def test_diffusion_dpo_signature_columns():
+    """`_trl_compat.set_signature_columns`: transformers' Trainer starts with none and asks the hook before reading."""
+    from transformers import Trainer
+
+    assert "self._signature_columns = None" in inspect.getsource(Trainer.__init__)
+    remove = inspect.getsource(Trainer._remove_unused_columns)
+    assert remove.index("self._set_signature_columns_if_needed()") < remove.index("self._signature_columns")
+    # DiffusionDPOTrainer.prediction_step moves its batch with `_prepare_input`, what `_prepare_inputs` does first
+    assert "self._prepare_input(inputs)" in inspect.getsource(Trainer._prepare_inputs)

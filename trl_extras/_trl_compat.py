@@ -257,3 +257,34 @@ def grpo_post_init_one_generation(config: GRPOConfig) -> None:
         GRPOConfig.__post_init__(config)
     finally:
         config.num_generations = 1
+
+
+# ===================================================================================== Diffusion-DPO (h-diffstruct)
+# `DiffusionDPOTrainer` / `DiffusionDPOConfig` are built on TRL's shared bases, as every TRL trainer is
+# (``DPOTrainer(_BaseTrainer)``, ``DPOConfig(_BaseConfig)``), so that TRL's defaults and model card follow TRL.
+# Relies on (pinned by tests/test_trl_surface.py::test_diffusion_dpo_bases):
+# - ``BaseTrainer`` (``trl.trainer.base_trainer._BaseTrainer``) subclasses ``transformers.Trainer``; its
+#   ``__init__(*args, **kwargs)`` forwards everything to ``Trainer.__init__`` and then calls ``self._send_telemetry()``;
+#   it adds ``create_model_card(model_name, dataset_name, tags)``, which writes ``<output_dir>/README.md`` from the
+#   class attributes ``_tag_names``, ``_name``, ``_paper`` (``title``, ``id``, ``citation``) and ``_template_file``.
+#   That card is all we use it for; ``loss_is_scaled_for_ga`` is transformers' own attribute since 5.19.
+# - ``BaseConfig`` (``trl.trainer.base_config._BaseConfig``) subclasses ``TrainingArguments`` with TRL's defaults
+#   ``logging_steps=10``, ``gradient_checkpointing=True`` and ``bf16=None``, made ``not fp16`` by ``__post_init__``.
+from trl.trainer.base_config import _BaseConfig as BaseConfig  # noqa: E402, F401
+from trl.trainer.base_trainer import _BaseTrainer as BaseTrainer  # noqa: E402, F401
+
+OVERRIDDEN_HOOKS["BaseTrainer"] = {
+    # TRL's usage ping reads ``self.model.config.model_type``, which diffusers models lack: DiffusionDPOTrainer's sends
+    # nothing (it counts TRL's own trainers only)
+    "_send_telemetry": ["self"],
+    # transformers' hook (DPO and GRPO override it too), through `set_signature_columns`: the columns the trainer keeps
+    "_set_signature_columns_if_needed": ["self"],
+}
+
+
+def set_signature_columns(trainer, columns: list[str]) -> None:
+    """Set transformers' ``Trainer._signature_columns`` (the dataset columns ``_remove_unused_columns`` keeps) unless
+    already set, as DPO's and GRPO's ``_set_signature_columns_if_needed`` do. Relies on: ``Trainer.__init__`` sets it
+    to ``None`` and ``_remove_unused_columns`` calls ``_set_signature_columns_if_needed()`` before reading it."""
+    if trainer._signature_columns is None:
+        trainer._signature_columns = list(columns)

@@ -6,9 +6,8 @@ import math
 import warnings
 from dataclasses import dataclass, field
 
-from trl.trainer.base_config import _BaseConfig
-
 from .._distributed import check_process_group
+from .._trl_compat import BaseConfig
 from ..losses.diffusion_dpo import DEFAULT_BETA
 from ..validation import check_config
 
@@ -19,27 +18,99 @@ _WEIGHTING_SCHEMES = ("logit_normal", "mode", "none", "sigma_sqrt", "cosmap")
 
 
 @dataclass
-class DiffusionDPOConfig(_BaseConfig):
+class DiffusionDPOConfig(BaseConfig):
     r"""
     Configuration class for the [`~trl_extras.DiffusionDPOTrainer`].
 
-    Inherits every [`~transformers.TrainingArguments`] field (and TRL's defaults for them: `logging_steps=10`,
+    Inherits every [`~transformers.TrainingArguments`] field with TRL's defaults (`logging_steps=10`,
     `gradient_checkpointing=True`, `bf16=True` unless `fp16`), so the usual optimiser, schedule, precision, saving,
-    logging (`report_to`) and `accelerate launch` options apply unchanged. Changed default: `learning_rate=1e-6`.
-    Added fields, grouped below; each field's `help` says what it does.
+    logging and `accelerate launch` options apply unchanged; only the fields below are added or have a different
+    default.
 
-    > Diffusion-DPO objective: `beta`, `loss_type`, `prediction_type`
-    > Flow matching (SD3, Flux): `weighting_scheme`, `logit_mean`, `logit_std`, `mode_scale`, `flow_shift`,
-    > `guidance_scale`, `max_sequence_length`
-    > Online pairs (with `reward_funcs`): `num_generations`, `generation_num_inference_steps`,
-    > `generation_guidance_scale`, `generate_with`, `reward_weights`
-    > Images: `resolution`, `center_crop`, `random_flip`, `cache_latents`, `ties`, `allow_size_mismatch`
-    > Model loading: `model_init_kwargs`
-    > Sample images during training: `sample_prompts`, `sample_steps`, `sample_num_inference_steps`,
-    > `sample_guidance_scale`
+    Parameters:
+        learning_rate (`float`, *optional*, defaults to `1e-6`):
+            Initial AdamW learning rate. The authors scale it with the effective batch size: 1e-8 per pair for full
+            fine-tuning (2.048e-5 at their 2048 pairs); LoRA usually takes 10-100x more.
+
+        > Diffusion-DPO objective
+
+        beta (`float`, *optional*, defaults to `5000.0`):
+            Strength of the implicit KL penalty towards the reference, the authors' `beta_dpo` (the paper's value for
+            SD 1.5 and SDXL); larger keeps the model closer to the reference. Ignored when `loss_type="sft"`.
+        loss_type (`str`, *optional*, defaults to `"sigmoid"`):
+            `"sigmoid"`: Diffusion-DPO (the paper's equation 14). `"sft"`: the paper's supervised baseline, the
+            denoising loss on the preferred images only (no reference, rejected images never encoded).
+        prediction_type (`str` or `None`, *optional*, defaults to `None`):
+            UNet pipelines: `"epsilon"`, `"v_prediction"` or `"sample"`; `None` reads the scheduler config. Setting it
+            also updates the scheduler saved with the model.
+
+        > Flow matching (SD3, Flux, Sana)
+
+        weighting_scheme (`str`, *optional*, defaults to `"logit_normal"`):
+            How noise levels are drawn and weighted, by `diffusers.training_utils`' names: `"logit_normal"`, `"mode"`,
+            or uniform with the loss weighting `"none"`, `"sigma_sqrt"` or `"cosmap"`.
+        logit_mean (`float`, *optional*, defaults to `0.0`):
+            Mean of the `"logit_normal"` density.
+        logit_std (`float`, *optional*, defaults to `1.0`):
+            Standard deviation of the `"logit_normal"` density.
+        mode_scale (`float`, *optional*, defaults to `1.29`):
+            Scale of the `"mode"` density (SD3's).
+        flow_shift (`float` or `None`, *optional*, defaults to `None`):
+            Timestep shift `s`, `sigma <- s sigma / (1 + (s - 1) sigma)`; `None`: the family's (the scheduler's static
+            `shift`, or for dynamic shifting (Flux.1-dev) `exp(mu)` at the training resolution).
+        guidance_scale (`float`, *optional*, defaults to `3.5`):
+            Guidance-embedding input during training, for guidance-distilled transformers (Flux.1-dev).
+        max_sequence_length (`int` or `None`, *optional*, defaults to `None`):
+            T5 / Gemma prompt length; `None`: the pipeline's default.
+
+        > Online pairs (the trainer was given `reward_funcs`)
+
+        num_generations (`int`, *optional*, defaults to `4`):
+            Images sampled per prompt (at least 2); the highest- and lowest-reward ones form the pair.
+        generation_num_inference_steps (`int`, *optional*, defaults to `20`):
+            Denoising steps of each sampled image.
+        generation_guidance_scale (`float` or `None`, *optional*, defaults to `None`):
+            Classifier-free guidance scale for sampling; `None`: the pipeline's default.
+        generate_with (`str`, *optional*, defaults to `"policy"`):
+            Sample with the model being trained (`"policy"`) or with the reference (`"reference"`).
+        reward_weights (`list[float]` or `None`, *optional*, defaults to `None`):
+            Weight of each reward function in the summed reward; `None`: all 1.
+
+        > Images
+
+        resolution (`int` or `None`, *optional*, defaults to `None`):
+            Side of the square training images in pixels; `None`: the denoiser's native size.
+        center_crop (`bool`, *optional*, defaults to `True`):
+            Crop the centre of each resized image, or, if `False`, a random square.
+        random_flip (`bool`, *optional*, defaults to `False`):
+            Mirror each training image left-right with probability 1/2 (the authors' code does).
+        cache_latents (`bool`, *optional*, defaults to `False`):
+            Encode every image (the VAE posterior's mean and log-variance) and caption once before training, and
+            train from these; random crops and flips are then drawn once.
+        ties (`str`, *optional*, defaults to `"drop"`):
+            Pick-a-Pic pairs with `label_0 = 0.5`: `"drop"` (counted and logged) or `"raise"`.
+        allow_size_mismatch (`bool`, *optional*, defaults to `True`):
+            Allow the two images of a pair to differ in size; `False` makes such a pair an error naming the row.
+
+        > Model loading
+
+        model_init_kwargs (`dict` or `None`, *optional*, defaults to `None`):
+            Keyword arguments for `DiffusionPipeline.from_pretrained` when `model` is a path or Hub id.
+
+        > Sample images during training
+
+        sample_prompts (`list[str]` or `None`, *optional*, defaults to `None`):
+            Prompts rendered every `sample_steps` steps (fixed seed), saved to `<output_dir>/samples/step-<N>.png`
+            and logged to Weights & Biases when `report_to` has `"wandb"`.
+        sample_steps (`int`, *optional*, defaults to `500`):
+            Render `sample_prompts` every this many steps.
+        sample_num_inference_steps (`int`, *optional*, defaults to `25`):
+            Denoising steps of each sample image.
+        sample_guidance_scale (`float` or `None`, *optional*, defaults to `None`):
+            Classifier-free guidance scale for sample images; `None`: the pipeline's default.
     """
 
-    _VALID_DICT_FIELDS = _BaseConfig._VALID_DICT_FIELDS + ["model_init_kwargs"]
+    _VALID_DICT_FIELDS = BaseConfig._VALID_DICT_FIELDS + ["model_init_kwargs"]
 
     learning_rate: float = field(
         default=1e-6,

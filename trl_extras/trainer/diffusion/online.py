@@ -13,7 +13,7 @@ from ...losses.diffusion_dpo import best_and_worst
 if TYPE_CHECKING:
     from ..diffusion_dpo_config import DiffusionDPOConfig
 
-__all__ = ["check_online", "sample_online_pairs", "sampling_denoiser", "validate_prompts"]
+__all__ = ["check_online", "sample_online_pairs", "sampling_denoiser"]
 
 
 @contextlib.contextmanager
@@ -87,14 +87,18 @@ def sample_online_pairs(
     }
     for function, scores in zip(trainer.reward_funcs, per_function):
         metrics[f"online/rewards/{getattr(function, '__name__', type(function).__name__)}"] = scores
-    for key, value in metrics.items():
-        trainer._metrics[mode][key].append(
-            trainer.accelerator.gather(value.to(trainer.accelerator.device)).nanmean().item()
-        )
+    trainer.record_metrics(metrics, mode, nan_safe=True)  # a reward function may return None (NaN)
     return encoded
 
 
-def check_online(reward_funcs: list, args: DiffusionDPOConfig) -> None:
+def check_online(reward_funcs: Any, args: DiffusionDPOConfig) -> list:
+    """The trainer's ``reward_funcs`` (``None``, one function or several) as a list, checked against ``args`` when
+    there are any (online mode)."""
+    if reward_funcs is not None and not isinstance(reward_funcs, (list, tuple)):
+        reward_funcs = [reward_funcs]
+    reward_funcs = list(reward_funcs or [])
+    if not reward_funcs:
+        return reward_funcs
     for index, function in enumerate(reward_funcs):
         if not callable(function):
             raise TypeError(
@@ -113,17 +117,4 @@ def check_online(reward_funcs: list, args: DiffusionDPOConfig) -> None:
             "DiffusionDPOConfig.cache_latents=True has nothing to cache with `reward_funcs`: online pairs are sampled "
             "fresh at every step. Set cache_latents=False."
         )
-
-
-def validate_prompts(dataset, args: DiffusionDPOConfig, validate_pairs):
-    """Online mode: a dataset of prompts, a string column ``prompt`` or ``caption`` (or of image pairs, for
-    evaluation, checked as in offline mode)."""
-    columns = getattr(dataset, "column_names", None)
-    if columns is not None and {"chosen", "jpg_0"} & set(columns):
-        return validate_pairs(dataset, args)
-    if columns is not None and not {"prompt", "caption"} & set(columns):
-        raise ValueError(
-            f"Online Diffusion-DPO (`reward_funcs` given) needs a dataset of prompts with a 'prompt' or 'caption' "
-            f"column; this one has {columns}."
-        )
-    return dataset
+    return reward_funcs
