@@ -116,6 +116,18 @@ def test_diffusion_dpo_example_takes_diffusers_flags_and_saves_lora_weights(run_
     assert changed and all(any(key in name for key in ("to_q", "to_k", "to_v", "to_out")) for name in changed)
 
 
+def test_diffusion_dpo_example_rank_0_trains_and_saves_the_whole_pipeline(run_example, tmp_path):
+    from diffusers import DiffusionPipeline
+
+    flags, _ = CASES["diffusion_dpo"]
+    out = tmp_path / "out"
+    trainer = run_example("diffusion_dpo", "--output_dir", str(out), "--rank", "0", *flags)
+    assert_trained_two_steps(trainer)
+    assert not trainer.is_peft
+    start = DiffusionPipeline.from_pretrained(trainer.pipeline.name_or_path).unet
+    assert_same_weights(DiffusionPipeline.from_pretrained(out).unet, trainer.pipeline.unet, start)
+
+
 def test_ppo_legacy_example_trains_two_rollouts(run_example, tmp_path):
     """examples/ppo_legacy.py is TRL 1.12's PPO script with the import swapped; tests/test_ppo_legacy.py checks its
     console in a subprocess, this checks the trainer it built."""
