@@ -14,9 +14,9 @@ Run it:
 Without `--model_name_or_path` the model starts from the built-in task's tiny SFT policy (a new one-label score head);
 without `--dataset_name` the data is the task's preference pairs (`trl_extras.tasks`). Every field of
 `ScriptArguments`, `RewardConfig`, `ModelConfig` and `DatasetMixtureConfig` is a flag, and `--config run.yaml` works
-as in TRL. With `--use_peft`, also pass `--lora_task_type SEQ_CLS` so the adapter trains the score head. The YAML
-configs in `configs/` (with `builtin:` names and a before/after report) run with
-`trl-extras reward --config configs/reward.yaml`.
+as in TRL. With `--use_peft`, also pass `--lora_task_type SEQ_CLS --lora_modules_to_save score` so the new score
+head trains in full (TRL's advice; `trl-extras reward` sets both). The YAML configs in `configs/` (with `builtin:`
+names and a before/after report) run with `trl-extras reward --config configs/reward.yaml`.
 """
 
 import torch
