@@ -51,7 +51,7 @@ class DiffusersArguments:
     revision: str | None = None
     variant: str | None = None
     dataset_name: str | None = field(default=None, metadata={"help": "Pick-a-Pic style pairs (jpg_0, jpg_1, ...)."})
-    dataset_split_name: str = "validation"
+    dataset_split_name: str = field(default="validation", metadata={"help": "The split of `dataset_name`."})
     max_train_samples: int | None = None
     output_dir: str = "diffusion-dpo-lora"
     seed: int | None = None
