@@ -1,16 +1,85 @@
-"""Reward modelling with TRL's stock `RewardTrainer`, through trl-extras' command line.
+"""Reward modelling with TRL's own `RewardTrainer`: the layout of TRL's `trl/scripts/reward.py`, runnable offline.
 
-    python examples/reward.py                                   # offline built-in task, configs/reward.yaml
-    python examples/reward.py --config configs/reward.yaml --max_steps 10
-    accelerate launch --config_file configs/accelerate/multi_gpu.yaml examples/reward.py --config configs/reward.yaml
+The trainer is stock TRL (Bradley-Terry on preference pairs). A reward model it writes is what `examples/ppo.py`,
+`examples/remax.py` and `examples/grpo.py` take as `--reward_model_name_or_path` (the built-in task's
+`builtin:sentiment-rm` is this recipe on the task's pairs).
 
-This is `trl-extras reward`: the training code is `trl_extras/scripts/reward.py`, every option of the trainer's config
-works as a flag or a YAML key, and the run ends with a before/after report on the built-in task. See docs/cli.md.
+Run it:
+
+    python examples/reward.py --output_dir outputs/reward-example --max_steps 20      # offline, the built-in task
+    python examples/reward.py --model_name_or_path Qwen/Qwen2.5-0.5B-Instruct \
+        --dataset_name trl-lib/ultrafeedback_binarized --output_dir Qwen2.5-0.5B-Reward
+    accelerate launch --config_file configs/accelerate/multi_gpu.yaml examples/reward.py --max_steps 20
+
+Without `--model_name_or_path` the model starts from the built-in task's tiny SFT policy (a new one-label score head);
+without `--dataset_name` the data is the task's preference pairs (`trl_extras.tasks`). Every field of
+`ScriptArguments`, `RewardConfig`, `ModelConfig` and `DatasetMixtureConfig` is a flag, and `--config run.yaml` works
+as in TRL. With `--use_peft`, also pass `--lora_task_type SEQ_CLS --lora_modules_to_save score` so the new score
+head trains in full (TRL's advice; `trl-extras reward` sets both). The YAML configs in `configs/` (with `builtin:`
+names and a before/after report) run with `trl-extras reward --config configs/reward.yaml`.
 """
 
-from pathlib import Path
+import torch
+from datasets import load_dataset
+from trl import (
+    DatasetMixtureConfig,
+    ModelConfig,
+    RewardConfig,
+    RewardTrainer,
+    ScriptArguments,
+    TrlParser,
+    get_dataset,
+    get_peft_config,
+    get_quantization_config,
+)
 
-from trl_extras.cli import run_example
+from trl_extras.tasks import load_builtin_dataset, resolve_builtin_model
+
+
+def main(script_args, training_args, model_args, dataset_args):
+    # trl-extras: no model given -> the built-in task's tiny SFT policy (offline)
+    model_name = model_args.model_name_or_path or resolve_builtin_model("builtin:sentiment-sft")
+    training_args.model_init_kwargs = {
+        "revision": model_args.model_revision,
+        "trust_remote_code": training_args.trust_remote_code,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+        **(training_args.model_init_kwargs or {}),
+    }
+
+    if dataset_args.datasets:
+        dataset = get_dataset(dataset_args)
+    elif script_args.dataset_name:
+        dataset = load_dataset(
+            script_args.dataset_name, name=script_args.dataset_config, streaming=script_args.dataset_streaming
+        )
+    else:  # trl-extras: no dataset given -> the built-in task's preference pairs (offline)
+        dataset = load_builtin_dataset("builtin:sentiment", "preference")
+
+    trainer = RewardTrainer(
+        model=model_name,
+        args=training_args,
+        train_dataset=dataset[script_args.dataset_train_split],
+        eval_dataset=dataset[script_args.dataset_test_split] if training_args.eval_strategy != "no" else None,
+        quantization_config=get_quantization_config(model_args),
+        peft_config=get_peft_config(model_args),
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+
+    trainer.save_model(training_args.output_dir)
+    trainer.accelerator.print(f"Model saved to {training_args.output_dir}.")
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+    trainer.end()  # finish the trackers and the process group
+    return trainer
+
+
+def make_parser():
+    parser = TrlParser((ScriptArguments, RewardConfig, ModelConfig, DatasetMixtureConfig))
+    # trl-extras: TRL's configs default to bf16, which a CPU-only machine rejects; bf16 only where a GPU supports it
+    parser.set_defaults(bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return parser
+
 
 if __name__ == "__main__":
-    raise SystemExit(run_example("reward", Path(__file__).resolve().parent.parent / "configs" / "reward.yaml"))
+    main(*make_parser().parse_args_and_config())

@@ -1,16 +1,123 @@
-"""RLOO with TRL's stock `RLOOTrainer`, through trl-extras' command line.
+"""RLOO with TRL's own `RLOOTrainer`: `examples/grpo.py` (TRL's GRPO script layout) with TRL's RLOO trainer.
 
-    python examples/rloo.py                                   # offline built-in task, configs/rloo.yaml
-    python examples/rloo.py --config configs/rloo.yaml --max_steps 10
-    accelerate launch --config_file configs/accelerate/multi_gpu.yaml examples/rloo.py --config configs/rloo.yaml
+The trainer is stock TRL: REINFORCE with a leave-one-out baseline over the `num_generations` completions of each
+prompt. The one change against `examples/grpo.py`:
 
-This is `trl-extras rloo`: the training code is `trl_extras/scripts/rloo.py`, every option of the trainer's config
-works as a flag or a YAML key, and the run ends with a before/after report on the built-in task. See docs/cli.md.
-"""
+    from trl import GRPOConfig, GRPOTrainer  ->  from trl import RLOOConfig, RLOOTrainer
 
-from pathlib import Path
+and, in the other direction, `from trl_extras import ReMaxConfig, ReMaxTrainer` (examples/remax.py) replaces the
+leave-one-out baseline by the reward of the greedy completion.
 
-from trl_extras.cli import run_example
+Run it:
+
+    python examples/rloo.py --output_dir outputs/rloo-example --max_steps 20 --max_completion_length 32   # offline
+    python examples/rloo.py --model_name_or_path Qwen/Qwen2.5-0.5B-Instruct --dataset_name trl-lib/DeepMath-103K \
+        --reward_funcs accuracy_reward --output_dir Qwen2.5-0.5B-RLOO
+    accelerate launch --config_file configs/accelerate/multi_gpu.yaml examples/rloo.py --max_steps 20
+
+Without `--model_name_or_path` the policy is the built-in task's tiny SFT model (trained on first use, then cached);
+without `--dataset_name` the prompts are the task's review openings, and without a reward the task's ground-truth
+sentiment reward scores the completions (`trl_extras.tasks`). Every field of `RLOOScriptArguments`, `RLOOConfig`,
+`ModelConfig` and `DatasetMixtureConfig` is a flag, and `--config run.yaml` works as in TRL. The YAML configs in
+`configs/` (with `builtin:` names and a before/after report) run with `trl-extras rloo --config configs/rloo.yaml`."""
+
+import importlib
+from dataclasses import dataclass, field
+
+import torch
+from datasets import load_dataset
+from trl import (
+    DatasetMixtureConfig,
+    ModelConfig,
+    RLOOConfig,
+    RLOOTrainer,
+    ScriptArguments,
+    TrlParser,
+    get_dataset,
+    get_peft_config,
+    get_quantization_config,
+)
+from trl.rewards import accuracy_reward, reasoning_accuracy_reward, think_format_reward
+
+from trl_extras.tasks import ground_truth_reward, load_builtin_dataset, resolve_builtin_model
+
+REWARD_FUNCS = {
+    "accuracy_reward": accuracy_reward,
+    "reasoning_accuracy_reward": reasoning_accuracy_reward,
+    "think_format_reward": think_format_reward,
+}
+
+
+@dataclass
+class RLOOScriptArguments(ScriptArguments):
+    reward_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "A reward model (sequence classifier): Hub id or local directory."}
+    )
+    reward_funcs: list[str] | None = field(
+        default=None,
+        metadata={"help": f"Reward functions: {', '.join(REWARD_FUNCS)} or a dotted import path (`my_lib.reward`)."},
+    )
+
+
+def get_reward_funcs(script_args) -> list:
+    reward_funcs = [script_args.reward_model_name_or_path] if script_args.reward_model_name_or_path else []
+    for name in script_args.reward_funcs or []:
+        if name in REWARD_FUNCS:
+            reward_funcs.append(REWARD_FUNCS[name])
+        elif "." in name:
+            module, function = name.rsplit(".", 1)
+            reward_funcs.append(getattr(importlib.import_module(module), function))
+        else:
+            raise ValueError(f"reward_funcs: unknown {name!r}; expected one of {list(REWARD_FUNCS)} or a dotted path")
+    # trl-extras: no reward given -> the built-in task's ground-truth sentiment reward (offline)
+    return reward_funcs or [ground_truth_reward]
+
+
+def main(script_args, training_args, model_args, dataset_args):
+    # trl-extras: no model given -> the built-in task's tiny policy (offline)
+    model_name = model_args.model_name_or_path or resolve_builtin_model("builtin:sentiment-sft")
+    training_args.model_init_kwargs = {
+        "revision": model_args.model_revision,
+        "trust_remote_code": training_args.trust_remote_code,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+        **(training_args.model_init_kwargs or {}),
+    }
+
+    if dataset_args.datasets:
+        dataset = get_dataset(dataset_args)
+    elif script_args.dataset_name:
+        dataset = load_dataset(
+            script_args.dataset_name, name=script_args.dataset_config, streaming=script_args.dataset_streaming
+        )
+    else:  # trl-extras: no dataset given -> the built-in task's review openings (offline)
+        dataset = load_builtin_dataset("builtin:sentiment", "prompt")
+
+    trainer = RLOOTrainer(
+        model=model_name,
+        reward_funcs=get_reward_funcs(script_args),
+        args=training_args,
+        train_dataset=dataset[script_args.dataset_train_split],
+        eval_dataset=dataset[script_args.dataset_test_split] if training_args.eval_strategy != "no" else None,
+        quantization_config=get_quantization_config(model_args),
+        peft_config=get_peft_config(model_args),
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+
+    trainer.save_model(training_args.output_dir)
+    trainer.accelerator.print(f"Model saved to {training_args.output_dir}.")
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+    trainer.end()  # finish the trackers and the process group
+    return trainer
+
+
+def make_parser():
+    parser = TrlParser((RLOOScriptArguments, RLOOConfig, ModelConfig, DatasetMixtureConfig))
+    # trl-extras: TRL's configs default to bf16, which a CPU-only machine rejects; bf16 only where a GPU supports it
+    parser.set_defaults(bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return parser
+
 
 if __name__ == "__main__":
-    raise SystemExit(run_example("rloo", Path(__file__).resolve().parent.parent / "configs" / "rloo.yaml"))
+    main(*make_parser().parse_args_and_config())

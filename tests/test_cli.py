@@ -2,7 +2,6 @@
 
 import json
 import os
-import runpy
 import socket
 import subprocess
 import sys
@@ -308,7 +307,7 @@ def test_module_entry_point_runs():
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# reward resolution and example scripts
+# reward resolution and the main job's console
 
 
 def test_reward_resolution(tmp_path, monkeypatch):
@@ -330,20 +329,6 @@ def test_reward_resolution(tmp_path, monkeypatch):
         resolve_reward_func("my_rewards:size")
     with pytest.raises(RewardFunctionError, match="directory './missing-rm' does not exist"):
         resolve_reward_func("./missing-rm")
-
-
-@pytest.mark.parametrize(
-    "name", ["sft", "reward", "grpo", "rloo", "dpo", "unlikelihood", "remax", "ppo", "mdpo", "diffusion_dpo"]
-)
-def test_example_scripts_are_the_cli_with_the_shipped_config(name, monkeypatch):
-    calls = []
-    monkeypatch.setattr(cli, "main", lambda argv: calls.append(argv) or 0)
-    monkeypatch.setattr(sys, "argv", [f"examples/{name}.py", "--max_steps", "3"])
-    with pytest.raises(SystemExit) as exit_:
-        runpy.run_path(str(REPO / "examples" / f"{name}.py"), run_name="__main__")
-    assert exit_.value.code == 0
-    subcommand = name.replace("_", "-")  # examples/diffusion_dpo.py runs `trl-extras diffusion-dpo`
-    assert calls == [[subcommand, "--config", str(REPO / "configs" / f"{name}.yaml"), "--max_steps", "3"]]
 
 
 def test_main_job_console_has_no_future_warning(builtin_cache, tmp_path):

@@ -549,13 +549,5 @@ def main(argv: list[str] | None = None) -> int:
         return status
 
 
-def run_example(name: str, default_config: str | os.PathLike, argv: list[str] | None = None) -> int:
-    """What ``examples/<name>.py`` runs: ``trl-extras <name>``, on ``default_config`` unless ``--config`` is given."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if "--config" not in args and os.path.exists(default_config):
-        args = ["--config", str(default_config), *args]
-    return main([name, *args])
-
-
 if __name__ == "__main__":
     raise SystemExit(main())
