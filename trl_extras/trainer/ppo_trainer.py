@@ -41,6 +41,7 @@ from . import _ppo_legacy
 from .ppo_config import PPOConfig
 from .value_model import (
     PerTokenValueModel,
+    PolicyAndValueWrapper,
     has_new_value_head,
     load_value_weights,
     value_model_from_policy,
@@ -184,11 +185,6 @@ class PPOTrainer(CheckpointSafetyMixin, _ppo_legacy.LegacyPPOTrainerMixin, GRPOT
         elif not isinstance(args, PPOConfig):
             raise TypeError(f"`args` must be a `PPOConfig`, got `{type(args).__name__}`.")
         _check_grpo_loss_fields(args)
-        if args.deepspeed or args.fsdp:
-            raise NotImplementedError(
-                "PPOTrainer does not support DeepSpeed or FSDP yet: the value model is trained next to the policy "
-                "with the Trainer's optimizer, outside their wrappers. Use DDP (`accelerate launch`) or one device."
-            )
         if isinstance(train_dataset, Dataset):
             train_dataset = validate_prompt_dataset(train_dataset)
         if isinstance(eval_dataset, Dataset):
@@ -238,10 +234,16 @@ class PPOTrainer(CheckpointSafetyMixin, _ppo_legacy.LegacyPPOTrainerMixin, GRPOT
             self.value_model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs or {"use_reentrant": False}
             )
-        # The critic trains with the policy's optimizer; under DDP the wrapper's forward keeps its gradients in sync
-        self._value_module = self.accelerator.prepare_model(PerTokenValueModel(self.value_model))
-        # The Trainer zeroes only the policy's gradients after each optimizer step; do the same for the critic
-        self.add_callback(_ZeroGradAfterStep(self.value_model))
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            # The engine shards and syncs the module it prepares: give it policy and critic as one module
+            # (`_prepare_for_training`), called through its root for both heads (`_per_token_values`)
+            self._policy_and_value = PolicyAndValueWrapper(self.model, self.value_model)
+        else:
+            self._policy_and_value = None
+            # The critic trains with the policy's optimizer; under DDP its own wrapper keeps its gradients in sync
+            self._value_module = self.accelerator.prepare_model(PerTokenValueModel(self.value_model))
+            # The Trainer zeroes only the policy's gradients after each optimizer step; do the same for the critic
+            self.add_callback(_ZeroGradAfterStep(self.value_model))
 
         self.kl_ctl = KLController(value=args.kl_coef, target=args.kl_target, horizon=args.kl_horizon)
         self._rollout = None  # the latest training rollout, reshuffled into new minibatches at each PPO epoch
@@ -311,7 +313,22 @@ class PPOTrainer(CheckpointSafetyMixin, _ppo_legacy.LegacyPPOTrainerMixin, GRPOT
 
     def _per_token_values(self, input_ids, attention_mask, logits_to_keep, batch_size=None) -> torch.Tensor:
         with self.accelerator.autocast():
-            return self._value_module(input_ids, attention_mask, logits_to_keep, batch_size)
+            if self._policy_and_value is None:
+                return self._value_module(input_ids, attention_mask, logits_to_keep, batch_size)
+            # DeepSpeed / FSDP: through the engine's root module, which gathers the critic's shards
+            engine = self.model_wrapped
+            if self.accelerator.unwrap_model(engine) is not self._policy_and_value:  # not prepared yet
+                engine = self._policy_and_value
+            return engine(input_ids, attention_mask, logits_to_keep, batch_size, head="value")
+
+    # ---- engines ------------------------------------------------------------------------------------------------
+
+    def _prepare_for_training(self, max_steps, train_dataloader, resume_from_checkpoint):
+        # DeepSpeed / FSDP: the engine prepares (and, under FSDP, becomes) `self.model`; make that policy and critic
+        # together, so that one engine shards, syncs, clips and checkpoints both
+        if self._policy_and_value is not None and self.model is not self._policy_and_value:
+            self.model = self.model_wrapped = self._policy_and_value
+        return super()._prepare_for_training(max_steps, train_dataloader, resume_from_checkpoint)
 
     # ---- rollout ------------------------------------------------------------------------------------------------
 
@@ -526,6 +543,8 @@ class PPOTrainer(CheckpointSafetyMixin, _ppo_legacy.LegacyPPOTrainerMixin, GRPOT
 
     def create_optimizer(self, model=None):
         given = self.optimizer is not None
+        if self._policy_and_value is not None and (model is None or model is self._policy_and_value):
+            model = self._policy_and_value.policy  # the parent's groups over the policy; the critic's added below
         optimizer = super().create_optimizer(model)
         held = {id(p) for group in optimizer.param_groups for p in group["params"]}
         named = [(n, p) for n, p in self.value_model.named_parameters() if p.requires_grad and id(p) not in held]
@@ -546,7 +565,7 @@ class PPOTrainer(CheckpointSafetyMixin, _ppo_legacy.LegacyPPOTrainerMixin, GRPOT
 
     def _clip_grad_norm(self, model):
         # Policy and critic form one optimisation problem: clip their joint gradient norm
-        if _trl_compat.has_mixed_mesh_grads(self, model):
+        if self._policy_and_value is not None or _trl_compat.has_mixed_mesh_grads(self, model):
             return super()._clip_grad_norm(model)
         params = itertools.chain(model.parameters(), self.value_model.parameters())
         return self.accelerator.clip_grad_norm_(params, self.args.max_grad_norm)
@@ -554,10 +573,24 @@ class PPOTrainer(CheckpointSafetyMixin, _ppo_legacy.LegacyPPOTrainerMixin, GRPOT
     # ---- saving and resuming ------------------------------------------------------------------------------------
 
     def _save(self, output_dir: str | None = None, state_dict=None):
-        super()._save(output_dir, state_dict)
+        value_state_dict = None
+        if self.model is self._policy_and_value:
+            # DeepSpeed / FSDP: `save_model` gathered the engine's module; the policy is saved as without an engine
+            if state_dict is None:
+                state_dict = self.model.state_dict()
+            state_dict, value_state_dict = self._policy_and_value.split_state_dict(state_dict)
+            self.model = self._policy_and_value.policy
+            try:
+                super()._save(output_dir, state_dict)
+            finally:
+                self.model = self._policy_and_value
+            if not value_state_dict:  # ZeRO-3 without 16-bit gathering: the engine's own checkpoint holds it
+                return
+        else:
+            super()._save(output_dir, state_dict)
         if self.args.should_save:
             value_dir = os.path.join(output_dir or self.args.output_dir, VALUE_MODEL_DIR)
-            self.accelerator.unwrap_model(self.value_model).save_pretrained(value_dir)
+            self.accelerator.unwrap_model(self.value_model).save_pretrained(value_dir, state_dict=value_state_dict)
             self.processing_class.save_pretrained(value_dir)
 
     def _save_checkpoint(self, model, trial):
@@ -571,6 +604,8 @@ class PPOTrainer(CheckpointSafetyMixin, _ppo_legacy.LegacyPPOTrainerMixin, GRPOT
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if self._policy_and_value is not None:
+            return  # DeepSpeed / FSDP: the engine's checkpoint (policy and critic as one module) was loaded
         value_dir = os.path.join(resume_from_checkpoint, VALUE_MODEL_DIR)
         if not os.path.isdir(value_dir):
             raise FileNotFoundError(

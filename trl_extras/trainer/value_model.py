@@ -26,6 +26,7 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
 __all__ = [
     "PerTokenValueModel",
+    "PolicyAndValueWrapper",
     "has_new_value_head",
     "load_value_weights",
     "per_token_values",
@@ -94,6 +95,66 @@ class PerTokenValueModel(nn.Module):
 
     def forward(self, input_ids, attention_mask, logits_to_keep, batch_size=None):
         return per_token_values(self.model, input_ids, attention_mask, logits_to_keep, batch_size)
+
+
+class PolicyAndValueWrapper(nn.Module):
+    """Policy and critic as one module, for engines that shard or sync exactly the module they are given (DeepSpeed
+    ZeRO, FSDP2): one engine, one optimizer, one gathered state dict (keys `policy.*` and `value_model.*`).
+
+    Every call goes through this root's `forward` (FSDP2 unshards the root-held parameters in the root's pre-forward,
+    which a direct call to a submodule would skip): `head="policy"` (the default, so TRL's calls `model(**inputs)`
+    are the policy's) forwards to the policy, `head="value"` returns `per_token_values` of the critic. `generate`
+    and any attribute this module lacks (`config`, `generation_config`, `peft_config`, `disable_adapter`, ...) are
+    the policy's, so the trainer keeps treating it as the model.
+    """
+
+    def __init__(self, policy: nn.Module, value_model: nn.Module):
+        super().__init__()
+        self.policy = policy
+        self.value_model = value_model
+        # FSDP's transformer-based auto wrap reads the layer classes to shard from here
+        names = [name for module in (policy, value_model) for name in getattr(module, "_no_split_modules", None) or []]
+        self._no_split_modules = list(dict.fromkeys(names))
+
+    def forward(self, *args, head: str = "policy", **kwargs):
+        if head == "policy":
+            return self.policy(*args, **kwargs)
+        if head == "value":
+            return per_token_values(self.value_model, *args, **kwargs)
+        raise ValueError(f"PolicyAndValueWrapper.forward: `head` must be 'policy' or 'value', got {head!r}.")
+
+    def generate(self, *args, **kwargs):
+        return self.policy.generate(*args, **kwargs)
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return bool(getattr(self.policy, "is_gradient_checkpointing", False))
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
+        self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+
+    def gradient_checkpointing_disable(self):
+        self.policy.gradient_checkpointing_disable()
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)  # parameters, buffers, submodules
+        except AttributeError:
+            if name in ("policy", "value_model") or "policy" not in self.__dict__.get("_modules", {}):
+                raise
+            return getattr(self._modules["policy"], name)
+
+    def split_state_dict(self, state_dict: dict) -> tuple[dict, dict]:
+        """A state dict of this module (e.g. gathered by the engine) as `(policy's, value model's)`."""
+        parts: tuple[dict, dict] = ({}, {})
+        for key, value in state_dict.items():
+            head, _, rest = key.partition(".")
+            if head not in ("policy", "value_model"):
+                raise ValueError(
+                    f"PolicyAndValueWrapper state dict key {key!r} is neither `policy.*` nor `value_model.*`."
+                )
+            parts[head == "value_model"][rest] = value
+        return parts
 
 
 def value_model_from_pretrained(path: str, **kwargs) -> PreTrainedModel:
