@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import itertools
 import json
 import os
 import textwrap
-from collections.abc import Callable
 from dataclasses import fields
-from typing import Any
 
 import torch
-from datasets import Dataset, IterableDataset
 from torch import nn
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 from trl import GRPOConfig, GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
-from trl.trainer.utils import disable_dropout_in_model, get_config_model_id, shuffle_sequence_dict, split_tensor_dict
+from trl.trainer.utils import disable_dropout_in_model, shuffle_sequence_dict, split_tensor_dict
 
 from .. import _trl_compat
 from ..checkpointing import CheckpointSafetyMixin
@@ -38,14 +34,15 @@ from ..losses.ppo import (
 from ..quantization import keep_4bit_training_exact
 from ..rewards import check_reward_funcs
 from . import _ppo_legacy
+from ._init import resolve_args, validate_datasets
 from .ppo_config import PPOConfig
 from .value_model import (
     PerTokenValueModel,
     PolicyAndValueWrapper,
+    build_value_model,
+    check_value_model_vocabulary,
     has_new_value_head,
     load_value_weights,
-    value_model_from_policy,
-    value_model_from_pretrained,
     zero_value_head,
 )
 
@@ -132,13 +129,15 @@ class PPOTrainer(CheckpointSafetyMixin, _ppo_legacy.LegacyPPOTrainerMixin, GRPOT
       buffering (`num_iterations = num_ppo_epochs`, `steps_per_generation = gradient_accumulation_steps *
       num_mini_batches`).
     - `create_optimizer` and `_clip_grad_norm`: the critic's parameters join the optimizer and the gradient clipping.
+    - `_prepare_for_training`: under DeepSpeed or FSDP, the engine gets policy and critic as one module
+      (`PolicyAndValueWrapper`), which is `trainer.model` from then on (docs/ppo.md, "Engines").
     - `_save`, `_save_checkpoint`, `_load_from_checkpoint`, `_load_optimizer_and_scheduler`: the critic's weights and
       the KL controller are saved and restored with the policy.
     - `_save_rng_state`, `_load_rng_state`: each process's rollout in progress is saved beside its RNG state, so a
       checkpoint taken between PPO epochs resumes into the same rollout.
 
     Under PEFT/QLoRA the reference policy is the policy with its adapter disabled (no second copy), as in GRPO.
-    Text-only policies; DeepSpeed and FSDP are not supported (the critic is trained outside their wrappers).
+    Text-only policies. DDP, DeepSpeed ZeRO-2/3 and FSDP2 (see docs/ppo.md, "Engines").
 
     Calls written for TRL's old PPOTrainer (TRL <= 1.12: `PPOTrainer(args, processing_class, model, ref_model,
     reward_model, train_dataset, value_model, ...)`, tokenised `input_ids` datasets, `trainer.model.policy`) are mapped
@@ -161,64 +160,33 @@ class PPOTrainer(CheckpointSafetyMixin, _ppo_legacy.LegacyPPOTrainerMixin, GRPOT
     }
 
     @_ppo_legacy.legacy_call  # TRL <= 1.12 arguments -> these (docs/ppo.md, "Migrating from TRL's old PPOTrainer")
-    def __init__(
-        self,
-        model: str | PreTrainedModel,
-        reward_funcs: Any = None,
-        args: PPOConfig | None = None,
-        train_dataset: Dataset | IterableDataset | None = None,
-        eval_dataset: Any = None,
-        processing_class: PreTrainedTokenizerBase | None = None,
-        reward_processing_classes: Any = None,
-        callbacks: list[TrainerCallback] | None = None,
-        optimizers: tuple[torch.optim.Optimizer | None, torch.optim.lr_scheduler.LambdaLR | None] = (None, None),
-        quantization_config: Any = None,
-        peft_config: Any = None,
-        tools: list[Callable] | None = None,
-        rollout_func: Callable | None = None,
-        environment_factory: Any = None,
-        value_model: str | nn.Module | None = None,
-    ):
-        if args is None:
-            model_name = model if isinstance(model, str) else get_config_model_id(model.config)
-            args = PPOConfig(f"{model_name.split('/')[-1]}-PPO")
-        elif not isinstance(args, PPOConfig):
-            raise TypeError(f"`args` must be a `PPOConfig`, got `{type(args).__name__}`.")
+    def __init__(self, model, reward_funcs=None, args=None, *, value_model: str | nn.Module | None = None, **kwargs):
+        args = resolve_args(args, PPOConfig, model, "PPOTrainer", "PPO")
         _check_grpo_loss_fields(args)
-        if isinstance(train_dataset, Dataset):
-            train_dataset = validate_prompt_dataset(train_dataset)
-        if isinstance(eval_dataset, Dataset):
-            eval_dataset = validate_prompt_dataset(eval_dataset)
-
+        kwargs["train_dataset"], kwargs["eval_dataset"] = validate_datasets(
+            validate_prompt_dataset, kwargs.get("train_dataset"), kwargs.get("eval_dataset")
+        )
         reward_funcs = check_reward_funcs(reward_funcs)  # non-finite or non-numeric rewards name the function and row
         # Seeded, so that a new value head is the same in every run and every process (the Trainer seeds only later)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(args.seed)
-            self.value_model = self._build_value_model(value_model, model, reward_funcs, args)
+            self.value_model = build_value_model(value_model, model, reward_funcs, args)
         if args.value_head_init == "zero" and has_new_value_head(self.value_model):
             zero_value_head(self.value_model)
 
-        super().__init__(
-            model=model,
-            reward_funcs=reward_funcs,
-            args=args,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            reward_processing_classes=reward_processing_classes,
-            callbacks=callbacks,
-            optimizers=optimizers,
-            quantization_config=quantization_config,
-            peft_config=peft_config,
-            tools=tools,
-            rollout_func=rollout_func,
-            environment_factory=environment_factory,
-        )
+        super().__init__(model, reward_funcs, args=args, **kwargs)
         keep_4bit_training_exact(self.model)  # bitsandbytes' CPU repack off, TRL's bf16 adapter cast undone
         if _trl_compat.is_vlm(self):
             raise NotImplementedError("PPOTrainer supports text-only policies: its value model reads token ids only.")
 
-        self._check_value_model_vocabulary(value_model, reward_funcs, args)
+        check_value_model_vocabulary(
+            value_model,
+            reward_funcs,
+            args,
+            _trl_compat.tokenizer(self),
+            self.reward_processing_classes,
+            self.reward_func_names,
+        )
         num_embeddings = self.value_model.get_input_embeddings().num_embeddings
         if num_embeddings < len(_trl_compat.tokenizer(self)):
             raise ValueError(
@@ -249,67 +217,6 @@ class PPOTrainer(CheckpointSafetyMixin, _ppo_legacy.LegacyPPOTrainerMixin, GRPOT
         self._rollout = None  # the latest training rollout, reshuffled into new minibatches at each PPO epoch
 
     # ---- value model --------------------------------------------------------------------------------------------
-
-    @staticmethod
-    def _build_value_model(value_model, model, reward_funcs, args: PPOConfig) -> nn.Module:
-        """The critic: as given, or initialised from the reward model or the policy (`args.value_model_init`)."""
-        init_kwargs = args.value_model_init_kwargs or {}
-        if isinstance(value_model, str):
-            return value_model_from_pretrained(value_model, **init_kwargs)
-        if isinstance(value_model, nn.Module):
-            return value_model
-        if value_model is not None:
-            raise TypeError(f"`value_model` must be a path, a module or None, got `{type(value_model).__name__}`.")
-
-        reward_list = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
-        reward_models = [f for f in reward_list if isinstance(f, (str, nn.Module))]
-        init = args.value_model_init or ("reward_model" if reward_models else "policy")
-        if init == "reward_model":
-            if not reward_models:
-                raise ValueError(
-                    "`value_model_init='reward_model'` needs a reward model (a path or a sequence classifier) in "
-                    "`reward_funcs`; pass one, a `value_model`, or set `value_model_init='policy'`."
-                )
-            source = reward_models[0]
-            return (
-                value_model_from_pretrained(source, **init_kwargs)
-                if isinstance(source, str)
-                else copy.deepcopy(source)
-            )
-        if isinstance(model, str):
-            return value_model_from_pretrained(model, **init_kwargs)
-        return value_model_from_policy(model, **init_kwargs)
-
-    def _check_value_model_vocabulary(self, value_model, reward_funcs, args: PPOConfig) -> None:
-        """The critic reads the policy's token ids: its tokenizer must map every token to the same id."""
-        reward_list = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
-        if value_model is None and (args.value_model_init or "reward_model") == "reward_model":
-            index = next((i for i, f in enumerate(reward_list) if isinstance(f, (str, nn.Module))), None)
-            if index is None:
-                return
-            tokenizer, source = (
-                self.reward_processing_classes[index],
-                f"the reward model `{self.reward_func_names[index]}`",
-            )
-        elif isinstance(value_model, str) and os.path.isfile(os.path.join(value_model, "tokenizer_config.json")):
-            from transformers import AutoTokenizer
-
-            tokenizer, source = AutoTokenizer.from_pretrained(value_model), f"`value_model` ({value_model})"
-        else:
-            return
-        policy_vocab, value_vocab = _trl_compat.tokenizer(self).get_vocab(), tokenizer.get_vocab()
-        if policy_vocab == value_vocab:
-            return
-        differ = sorted(t for t in policy_vocab if value_vocab.get(t) != policy_vocab[t])
-        example = differ[0] if differ else next(t for t in value_vocab if t not in policy_vocab)
-        raise ValueError(
-            f"The value model is built from {source}, whose tokenizer differs from the policy's "
-            f"({len(differ)} of the policy's {len(policy_vocab)} tokens have another id or none, e.g. {example!r}: "
-            f"{policy_vocab.get(example)} for the policy, {value_vocab.get(example)} for the value model). The critic "
-            "reads the policy's token ids, so it would see the wrong tokens. Pass `value_model=` a one-label sequence "
-            "classifier that shares the policy's tokenizer, or set `value_model_init='policy'` to build the critic "
-            "from the policy."
-        )
 
     def _per_token_values(self, input_ids, attention_mask, logits_to_keep, batch_size=None) -> torch.Tensor:
         with self.accelerator.autocast():

@@ -27,6 +27,8 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel
 __all__ = [
     "PerTokenValueModel",
     "PolicyAndValueWrapper",
+    "build_value_model",
+    "check_value_model_vocabulary",
     "has_new_value_head",
     "load_value_weights",
     "per_token_values",
@@ -234,3 +236,67 @@ def load_value_weights(model: nn.Module, directory: str) -> None:
             f"The value model weights in {directory} do not match the value model: missing {missing[:5]}, "
             f"unexpected {unexpected[:5]}."
         )
+
+
+# ---- the trainer's critic -----------------------------------------------------------------------------------------
+
+
+def build_value_model(value_model, model, reward_funcs, args) -> nn.Module:
+    """PPOTrainer's critic: `value_model` as given (a path or a module), or initialised as `args.value_model_init`
+    says, from the first reward model in `reward_funcs` or from the policy `model` (a path or a module)."""
+    init_kwargs = args.value_model_init_kwargs or {}
+    if isinstance(value_model, str):
+        return value_model_from_pretrained(value_model, **init_kwargs)
+    if isinstance(value_model, nn.Module):
+        return value_model
+    if value_model is not None:
+        raise TypeError(f"`value_model` must be a path, a module or None, got `{type(value_model).__name__}`.")
+
+    reward_list = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
+    reward_models = [f for f in reward_list if isinstance(f, (str, nn.Module))]
+    init = args.value_model_init or ("reward_model" if reward_models else "policy")
+    if init == "reward_model":
+        if not reward_models:
+            raise ValueError(
+                "`value_model_init='reward_model'` needs a reward model (a path or a sequence classifier) in "
+                "`reward_funcs`; pass one, a `value_model`, or set `value_model_init='policy'`."
+            )
+        source = reward_models[0]
+        return value_model_from_pretrained(source, **init_kwargs) if isinstance(source, str) else copy.deepcopy(source)
+    if isinstance(model, str):
+        return value_model_from_pretrained(model, **init_kwargs)
+    return value_model_from_policy(model, **init_kwargs)
+
+
+def check_value_model_vocabulary(
+    value_model, reward_funcs, args, policy_tokenizer, reward_processing_classes, reward_func_names
+) -> None:
+    """The critic reads the policy's token ids: the tokenizer it was built with must map every token to the same id.
+
+    `value_model` and `reward_funcs` are what the trainer was given; `reward_processing_classes` and
+    `reward_func_names` the trainer's lists (one entry per reward function)."""
+    reward_list = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
+    if value_model is None and (args.value_model_init or "reward_model") == "reward_model":
+        index = next((i for i, f in enumerate(reward_list) if isinstance(f, (str, nn.Module))), None)
+        if index is None:
+            return
+        tokenizer, source = reward_processing_classes[index], f"the reward model `{reward_func_names[index]}`"
+    elif isinstance(value_model, str) and os.path.isfile(os.path.join(value_model, "tokenizer_config.json")):
+        from transformers import AutoTokenizer
+
+        tokenizer, source = AutoTokenizer.from_pretrained(value_model), f"`value_model` ({value_model})"
+    else:
+        return
+    policy_vocab, value_vocab = policy_tokenizer.get_vocab(), tokenizer.get_vocab()
+    if policy_vocab == value_vocab:
+        return
+    differ = sorted(t for t in policy_vocab if value_vocab.get(t) != policy_vocab[t])
+    example = differ[0] if differ else next(t for t in value_vocab if t not in policy_vocab)
+    raise ValueError(
+        f"The value model is built from {source}, whose tokenizer differs from the policy's "
+        f"({len(differ)} of the policy's {len(policy_vocab)} tokens have another id or none, e.g. {example!r}: "
+        f"{policy_vocab.get(example)} for the policy, {value_vocab.get(example)} for the value model). The critic "
+        "reads the policy's token ids, so it would see the wrong tokens. Pass `value_model=` a one-label sequence "
+        "classifier that shares the policy's tokenizer, or set `value_model_init='policy'` to build the critic "
+        "from the policy."
+    )

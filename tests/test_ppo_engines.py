@@ -1,0 +1,125 @@
+"""PPO under the engines that shard the module they prepare (FSDP2, DeepSpeed ZeRO): policy and critic are one module,
+`PolicyAndValueWrapper`, called through its root for both heads.
+
+- FSDP2: accelerate falls back from FSDP to MULTI_CPU without GPUs, so the sharding itself is tested with torch's
+  `fully_shard` over 2 gloo processes (`tests/_fsdp2_ppo_run.py`): one PPO update through both heads equals the
+  unsharded one, and the gathered, split state dict is what `PPOTrainer._save` writes.
+- DeepSpeed ZeRO-2 and ZeRO-3: `trl-extras ppo` for 2 steps on the CPU (DeepSpeed's CPU accelerator), when
+  `deepspeed` is importable (CI: `pip install deepspeed hjson ninja py-cpuinfo msgpack einops`).
+"""
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+from trl_extras.trainer.value_model import PolicyAndValueWrapper, per_token_values
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def wrapper(tiny_lm_path, tiny_reward_model_path):
+    policy = AutoModelForCausalLM.from_pretrained(tiny_lm_path)
+    critic = AutoModelForSequenceClassification.from_pretrained(tiny_reward_model_path, num_labels=1)
+    return PolicyAndValueWrapper(policy, critic)
+
+
+def test_each_head_is_the_submodules_own_forward(wrapper):
+    input_ids = torch.tensor([[5, 6, 7, 8, 9], [0, 6, 9, 11, 4]])
+    attention_mask = torch.tensor([[1, 1, 1, 1, 1], [0, 1, 1, 1, 1]])
+    with torch.no_grad():
+        logits = wrapper(input_ids=input_ids, attention_mask=attention_mask).logits
+        values = wrapper(input_ids, attention_mask, 3, head="value")
+        assert torch.equal(logits, wrapper.policy(input_ids=input_ids, attention_mask=attention_mask).logits)
+        assert torch.equal(values, per_token_values(wrapper.value_model, input_ids, attention_mask, 3))
+    assert values.shape == (2, 3)
+    with pytest.raises(ValueError, match="`head` must be 'policy' or 'value', got 'critic'"):
+        wrapper(input_ids, attention_mask, 3, head="critic")
+
+
+def test_the_trainer_sees_the_policys_attributes_and_the_layers_of_both(wrapper):
+    assert wrapper.config is wrapper.policy.config and wrapper.generation_config is wrapper.policy.generation_config
+    assert wrapper.is_gradient_checkpointing is False
+    assert wrapper._no_split_modules == ["LlamaDecoderLayer"]  # what FSDP's transformer-based auto wrap shards
+    with pytest.raises(AttributeError):
+        wrapper.no_such_attribute  # noqa: B018
+
+
+def test_split_state_dict_gives_each_model_its_own_keys(wrapper):
+    policy_state, value_state = wrapper.split_state_dict(wrapper.state_dict())
+    assert policy_state.keys() == wrapper.policy.state_dict().keys()
+    assert value_state.keys() == wrapper.value_model.state_dict().keys()
+    with pytest.raises(ValueError, match="'ref.lm_head.weight' is neither `policy.\\*` nor `value_model.\\*`"):
+        wrapper.split_state_dict({"ref.lm_head.weight": torch.zeros(1)})
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_fsdp2_sharded_update_through_both_heads_equals_unsharded(tiny_lm_path, tiny_reward_model_path, tmp_path):
+    out = tmp_path / "fsdp2.json"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+        str(REPO / "tests/_fsdp2_ppo_run.py"), tiny_lm_path, tiny_reward_model_path, str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = json.loads(out.read_text())
+    assert run["world_size"] == 2
+    assert run["not_sharded"] == []  # every parameter, policy's and critic's, is a DTensor shard
+    assert min(run["grad_max"]) > 1e-4  # both heads got a gradient, so the comparison is not vacuous
+    assert run["grad_diff"] < 1e-6, run
+    assert run["param_diff"] < 1e-6, run  # after one AdamW step
+    assert run["saved_policy_diff"] < 1e-6 and run["saved_value_diff"] < 1e-6, run
+    assert run["saved_keys"][:2] == run["saved_keys"][2:]  # every key of both models, nothing else
+    assert run["same_generation"]  # `generate` through the sharded root = the unsharded policy's, greedy
+
+
+# ---- DeepSpeed ----------------------------------------------------------------------------------------------------
+
+
+def _deepspeed_missing() -> str | None:
+    if importlib.util.find_spec("deepspeed") is None:
+        return "deepspeed is not installed (pip install deepspeed hjson ninja py-cpuinfo msgpack einops)"
+    return None
+
+
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_ppo_cli_runs_two_steps_under_deepspeed_on_the_cpu(stage, builtin_cache, tmp_path):
+    reason = _deepspeed_missing()
+    if reason:
+        print(f"skipped: {reason}")
+        pytest.skip(reason)
+    out = tmp_path / "out"
+    command = [
+        str(Path(sys.executable).parent / "trl-extras"), "ppo", "--config", "configs/ppo.yaml",
+        "--accelerate_config", f"configs/accelerate/{stage}.yaml", "--num_processes", "1", "--mixed_precision", "no",
+        "--max_steps", "2", "--logging_steps", "1", "--per_device_train_batch_size", "4",
+        "--output_dir", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert "DEEPSPEED" in result.stdout + result.stderr
+    # the policy at output_dir and the critic in value_model/, gathered from the engine
+    policy, policy_info = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+    critic, critic_info = AutoModelForSequenceClassification.from_pretrained(
+        out / "value_model", num_labels=1, output_loading_info=True
+    )
+    for info in (policy_info, critic_info):  # every weight written, under its own model's names
+        assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert all(torch.isfinite(p).all() for p in [*policy.parameters(), *critic.parameters()])
+    assert critic.score.weight.abs().sum() > 0  # the zero-initialised value head trained
