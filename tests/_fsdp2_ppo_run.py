@@ -4,8 +4,8 @@
     python -m torch.distributed.run --nproc_per_node 2 tests/_fsdp2_ppo_run.py LM_DIR CRITIC_DIR OUT_FILE
 
 Every rank builds the same policy and critic. The reference copy stays whole and takes the loss over all 8 rows; the
-sharded copy is `fully_shard`ed as accelerate's FSDP2 plugin does it (each decoder layer of `_no_split_modules`, then
-the root) and each rank takes its 4 rows. The loss calls the root twice, as `PPOTrainer._compute_loss` does: the
+sharded copy is prepared by accelerate's `fsdp2_prepare_model` (the FSDP2 plugin's TRANSFORMER_BASED_WRAP) and each
+rank takes its 4 rows. The loss calls the root twice, as `PPOTrainer._compute_loss` does: the
 policy head (log-probs of the completion tokens), then the value head. Rank 0 writes the largest differences of the
 gradients, of the parameters after one AdamW step, of the split, gathered state dict (what `PPOTrainer._save`
 writes) and of a greedy `generate` through the root to `OUT_FILE` (JSON).
@@ -15,11 +15,12 @@ import copy
 import json
 import os
 import sys
+from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+from torch.distributed.fsdp import FSDPModule, register_fsdp_forward_method
 from torch.distributed.tensor import DTensor
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -63,12 +64,22 @@ def loss_of(model, rows, num_tokens, world_size):
     return masked_sum(policy_loss + VF_COEF * value_loss, rows["mask"], dim=None) * world_size / num_tokens
 
 
-def shard(model: PolicyAndValueWrapper) -> PolicyAndValueWrapper:
-    """accelerate's FSDP2 TRANSFORMER_BASED_WRAP: every `_no_split_modules` layer, then the root."""
-    for module in model.modules():
-        if type(module).__name__ in model._no_split_modules:
-            fully_shard(module)
-    fully_shard(model)
+def shard(model: PolicyAndValueWrapper, rank: int) -> PolicyAndValueWrapper:
+    """accelerate's own FSDP2 preparation (`fsdp2_prepare_model`), as `configs/accelerate/fsdp2.yaml` sets it up: each
+    decoder layer of `_no_split_modules`, the policy's embeddings, its final norm and head, then the root. On a CPU
+    `Accelerator` falls back to MULTI_CPU, so it gets the few attributes it reads from a stand-in."""
+    from accelerate import FullyShardedDataParallelPlugin
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+
+    plugin = FullyShardedDataParallelPlugin(
+        fsdp_version=2, auto_wrap_policy="transformer_based_wrap", reshard_after_forward=True,
+        cpu_ram_efficient_loading=False, state_dict_type="FULL_STATE_DICT",
+    )  # fmt: skip
+    accelerator = SimpleNamespace(
+        state=SimpleNamespace(fsdp_plugin=plugin), device=torch.device("cpu"), is_main_process=rank == 0,
+        mixed_precision="no", torch_device_mesh=None, parallelism_config=None,
+    )  # fmt: skip
+    model = fsdp2_prepare_model(accelerator, model)
     register_fsdp_forward_method(model, "generate")  # as transformers' Trainer does under FSDP
     return model
 
@@ -85,7 +96,7 @@ def main(lm_dir, critic_dir, out_file):
     policy = AutoModelForCausalLM.from_pretrained(lm_dir, dtype=torch.float32)
     critic = AutoModelForSequenceClassification.from_pretrained(critic_dir, num_labels=1, dtype=torch.float32)
     reference = PolicyAndValueWrapper(policy, critic)
-    sharded = shard(copy.deepcopy(reference))
+    sharded = shard(copy.deepcopy(reference), rank)
     rows = batch(policy.config.vocab_size)
     num_tokens = rows["mask"].sum()
     mine = {k: v.chunk(world_size)[rank] for k, v in rows.items()}
@@ -102,12 +113,16 @@ def main(lm_dir, critic_dir, out_file):
     params = {n: p.full_tensor() for n, p in sharded.named_parameters()}
     param_diff = max_diff(params, dict(reference.named_parameters()))
     not_sharded = [n for n, p in sharded.named_parameters() if not isinstance(p.data, DTensor)]
+    units = sorted(n for n, m in sharded.named_modules() if isinstance(m, FSDPModule))
 
     # what PPOTrainer._save gets under FSDP2 (`accelerator.get_state_dict`: a full state dict) and splits
     full = get_model_state_dict(sharded, options=StateDictOptions(full_state_dict=True, cpu_offload=True))  # rank 0
 
     with torch.no_grad():
-        prompt = {"input_ids": rows["input_ids"][:2, :PROMPT], "attention_mask": torch.ones(2, PROMPT, dtype=torch.long)}
+        prompt = {
+            "input_ids": rows["input_ids"][:2, :PROMPT],
+            "attention_mask": torch.ones(2, PROMPT, dtype=torch.long),
+        }
         kwargs = dict(max_new_tokens=4, do_sample=False, pad_token_id=policy.config.pad_token_id)
         same_generation = torch.equal(sharded.generate(**prompt, **kwargs), reference.generate(**prompt, **kwargs))
     if rank == 0:
@@ -115,6 +130,7 @@ def main(lm_dir, critic_dir, out_file):
         result = {
             "world_size": world_size,
             "not_sharded": not_sharded,
+            "fsdp_units": units,
             "grad_diff": grad_diff,
             "grad_max": grad_max,  # policy's, critic's: both heads train
             "param_diff": param_diff,

@@ -1,9 +1,9 @@
 """PPO under the engines that shard the module they prepare (FSDP2, DeepSpeed ZeRO): policy and critic are one module,
 `PolicyAndValueWrapper`, called through its root for both heads.
 
-- FSDP2: accelerate falls back from FSDP to MULTI_CPU without GPUs, so the sharding itself is tested with torch's
-  `fully_shard` over 2 gloo processes (`tests/_fsdp2_ppo_run.py`): one PPO update through both heads equals the
-  unsharded one, and the gathered, split state dict is what `PPOTrainer._save` writes.
+- FSDP2: accelerate falls back from FSDP to MULTI_CPU without GPUs, so the sharding itself is tested: the wrapper
+  prepared by accelerate's `fsdp2_prepare_model` over 2 gloo processes (`tests/_fsdp2_ppo_run.py`): one PPO update
+  through both heads equals the unsharded one, and the gathered, split state dict is what `PPOTrainer._save` writes.
 - DeepSpeed ZeRO-2 and ZeRO-3: `trl-extras ppo` for 2 steps on the CPU (DeepSpeed's CPU accelerator), when
   `deepspeed` is importable (CI: `pip install deepspeed hjson ninja py-cpuinfo msgpack einops`).
 """
@@ -79,6 +79,8 @@ def test_fsdp2_sharded_update_through_both_heads_equals_unsharded(tiny_lm_path, 
     run = json.loads(out.read_text())
     assert run["world_size"] == 2
     assert run["not_sharded"] == []  # every parameter, policy's and critic's, is a DTensor shard
+    # accelerate's TRANSFORMER_BASED_WRAP found the decoder layers of both models through the wrapper
+    assert {"", "value_model.model.layers.0", "policy.model.layers.1"} <= set(run["fsdp_units"]), run["fsdp_units"]
     assert min(run["grad_max"]) > 1e-4  # both heads got a gradient, so the comparison is not vacuous
     assert run["grad_diff"] < 1e-6, run
     assert run["param_diff"] < 1e-6, run  # after one AdamW step
@@ -106,7 +108,7 @@ def test_ppo_cli_runs_two_steps_under_deepspeed_on_the_cpu(stage, builtin_cache,
     command = [
         str(Path(sys.executable).parent / "trl-extras"), "ppo", "--config", "configs/ppo.yaml",
         "--accelerate_config", f"configs/accelerate/{stage}.yaml", "--num_processes", "1", "--mixed_precision", "no",
-        "--max_steps", "2", "--logging_steps", "1", "--per_device_train_batch_size", "4",
+        "--max_steps", "2", "--logging_steps", "1", "--per_device_train_batch_size", "4", "--eval_samples", "0",
         "--output_dir", str(out),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
