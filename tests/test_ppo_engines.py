@@ -108,7 +108,7 @@ def test_ppo_cli_runs_two_steps_under_deepspeed_on_the_cpu(stage, builtin_cache,
     command = [
         str(Path(sys.executable).parent / "trl-extras"), "ppo", "--config", "configs/ppo.yaml",
         "--accelerate_config", f"configs/accelerate/{stage}.yaml", "--num_processes", "1", "--mixed_precision", "no",
-        "--max_steps", "2", "--logging_steps", "1", "--per_device_train_batch_size", "4", "--eval_samples", "0",
+        "--max_steps", "2", "--learning_rate", "1e-3", "--logging_steps", "1", "--per_device_train_batch_size", "4", "--eval_samples", "0",
         "--output_dir", str(out),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
@@ -124,4 +124,7 @@ def test_ppo_cli_runs_two_steps_under_deepspeed_on_the_cpu(stage, builtin_cache,
     for info in (policy_info, critic_info):  # every weight written, under its own model's names
         assert not info["missing_keys"] and not info["unexpected_keys"], info
     assert all(torch.isfinite(p).all() for p in [*policy.parameters(), *critic.parameters()])
-    assert critic.score.weight.abs().sum() > 0  # the zero-initialised value head trained
+    # The value head starts at zero (also under ZeRO-3, where it is built partitioned) and moved: two AdamW steps of
+    # lr 1e-3 move a weight by at most about 2e-3 (a random head, initializer_range 0.02, has larger weights)
+    head = critic.score.weight
+    assert 0 < head.abs().max() < 3e-3, head.abs().max()

@@ -17,6 +17,7 @@ values = per_token_values(critic, input_ids, attention_mask, logits_to_keep=comp
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 
@@ -180,10 +181,19 @@ def has_new_value_head(model: nn.Module) -> bool:
 
 
 def zero_value_head(model: nn.Module) -> None:
-    """Set the ``score`` head to zero, in place: ``V(s) = 0`` for every state until the critic has trained."""
+    """Set the ``score`` head to zero, in place: ``V(s) = 0`` for every state until the critic has trained.
+
+    Under DeepSpeed ZeRO-3 (a model built inside ``deepspeed.zero.Init``) each process holds a slice of every
+    parameter and an empty placeholder in its place: the head is gathered, zeroed and partitioned again."""
     _, head = _backbone_and_head(model)
-    with torch.no_grad():
-        for param in head.parameters():
+    params = list(head.parameters())
+    gathered = contextlib.nullcontext()
+    if any(hasattr(param, "ds_id") for param in params):  # partitioned by ZeRO-3
+        import deepspeed
+
+        gathered = deepspeed.zero.GatheredParameters(params, modifier_rank=0)
+    with gathered, torch.no_grad():
+        for param in params:
             param.zero_()
 
 
