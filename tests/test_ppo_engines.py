@@ -61,6 +61,51 @@ def test_split_state_dict_gives_each_model_its_own_keys(wrapper):
         wrapper.split_state_dict({"ref.lm_head.weight": torch.zeros(1)})
 
 
+def _train(tmp_path, lm, critic, through_wrapper: bool):
+    from datasets import Dataset
+
+    from trl_extras import PPOConfig, PPOTrainer
+
+    args = PPOConfig(
+        output_dir=str(tmp_path), per_device_train_batch_size=8, num_ppo_epochs=2, max_completion_length=4,
+        learning_rate=1e-2, value_learning_rate=3e-2, max_steps=2, max_grad_norm=0.5, report_to="none", bf16=False,
+        save_strategy="no", seed=0, use_cpu=True,
+    )  # fmt: skip
+    prompts = Dataset.from_list([{"prompt": p} for p in ["The movie was", "I think", "What is", "Hello"] * 4])
+    trainer = PPOTrainer(
+        model=lm, reward_funcs=lambda completion_ids, **kw: [len(c) % 3 / 2 for c in completion_ids], args=args,
+        train_dataset=prompts, value_model=critic,
+    )  # fmt: skip
+    if through_wrapper:  # what DeepSpeed/FSDP get, with no engine: the same trainer code path, on one process
+        trainer._policy_and_value = PolicyAndValueWrapper(trainer.model, trainer.value_model)
+    trainer.train()
+    trainer.save_model()
+    return trainer
+
+
+def test_the_engine_path_without_an_engine_trains_and_saves_as_the_default_path(
+    tiny_lm_path, tiny_reward_model_path, tmp_path
+):
+    """The engine path (one module in `_prepare_for_training`, values through its root, its optimizer groups and
+    clipping, `_save` splitting its state dict) on one process gives the default path's run, weight for weight."""
+    default = _train(tmp_path / "default", tiny_lm_path, tiny_reward_model_path, through_wrapper=False)
+    wrapped = _train(tmp_path / "wrapped", tiny_lm_path, tiny_reward_model_path, through_wrapper=True)
+    assert wrapped.model is wrapped._policy_and_value and default.model is not default._policy_and_value
+    assert [g["lr"] for g in wrapped.optimizer.param_groups] == [g["lr"] for g in default.optimizer.param_groups]
+    moved = 0
+    for name, directory in (("policy", ""), ("critic", "value_model")):
+        load = AutoModelForCausalLM if name == "policy" else AutoModelForSequenceClassification
+        kwargs = {} if name == "policy" else {"num_labels": 1}
+        initial = load.from_pretrained(tiny_lm_path if name == "policy" else tiny_reward_model_path, **kwargs)
+        a = load.from_pretrained(tmp_path / "default" / directory, **kwargs).state_dict()
+        b = load.from_pretrained(tmp_path / "wrapped" / directory, **kwargs).state_dict()
+        assert a.keys() == b.keys() == initial.state_dict().keys(), name
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=f"{name} {key}")
+            moved += not torch.equal(a[key], initial.state_dict()[key])
+    assert moved > 10  # both models trained, so the comparison means something
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
