@@ -13,9 +13,10 @@ hide the others:
   runs on the CPU, LoRA for the diffusion pipeline (diffusers' 4-bit loader needs CUDA).
 - ``full_ft``: a Llama of about 0.57B parameters (hidden 1536, 24 layers, built from its config, no download) fully
   fine-tuned in bf16 with ``trl-extras sft``. Dry run: hidden 64, 2 layers, fp32.
-- ``zero3``, ``fsdp2``: the same fine-tune under ``configs/accelerate/zero3.yaml`` and ``fsdp2.yaml`` with one
-  process (``accelerate launch --num_processes 1``). Skipped on a CPU (accelerate runs neither engine without a GPU)
-  and, for ZeRO-3, where deepspeed is not installed.
+- ``zero3``, ``fsdp2``: the same fine-tune, and PPO on its shipped config (policy and critic prepared by the engine
+  as one module), under ``configs/accelerate/zero3.yaml`` and ``fsdp2.yaml`` with one process (``accelerate launch
+  --num_processes 1``). Skipped on a CPU (accelerate runs FSDP only with a GPU; ZeRO-2/3 on the CPU are tested in
+  ``tests/test_ppo_engines.py``) and, for ZeRO-3, where deepspeed is not installed.
 - ``vllm``: ReMax and PPO with ``use_vllm=True, vllm_mode="colocate"`` on the built-in tiny policy. Skipped where
   vLLM does not import (say why in ``reason``) and on a CPU.
 - ``speed``: ``benchmarks/speed.py --preset gpu`` (one repeat, shorter completions, to fit the budget), which writes
@@ -228,6 +229,18 @@ class Context:
             *self.common(name),
         ]
 
+    def ppo_argv(self, name: str) -> list[str]:
+        """PPO on its shipped config: policy and critic prepared by the engine as one module."""
+        return [
+            "ppo",
+            "--config",
+            str(REPO_ROOT / "configs" / "ppo.yaml"),
+            "--per_device_train_batch_size",
+            "8",
+            *(["--bf16", "true"] if self.cuda else ["--bf16", "false"]),
+            *self.common(name),
+        ]
+
 
 def stage_trainers(ctx: Context) -> dict[str, Any]:
     from trl_extras.cli import SUBCOMMANDS
@@ -278,18 +291,26 @@ def stage_full_ft(ctx: Context) -> dict[str, Any]:
 
 
 def _engine_stage(ctx: Context, name: str, config: str) -> dict[str, Any]:
+    """The full fine-tune (`sft`) and PPO under one accelerate engine config, one process each."""
     if not ctx.cuda:
         raise Skip(f"{name} needs a CUDA device (accelerate falls back to MULTI_CPU without one)")
-    out_json = ctx.out / f"{name}.json"
-    out_json.unlink(missing_ok=True)
-    timeout = max(60.0, min(240.0, ctx.remaining()))
-    result = launched(ctx.sft_argv(name), REPO_ROOT / "configs" / "accelerate" / config, out_json, timeout)
-    return check_run(name, result, ctx.steps)
+    runs = {}
+    for trainer, argv in (("sft", ctx.sft_argv(name)), ("ppo", ctx.ppo_argv(f"{name}-ppo"))):
+        out_json = ctx.out / f"{name}-{trainer}.json"
+        out_json.unlink(missing_ok=True)
+        timeout = max(60.0, min(240.0, ctx.remaining()))
+        try:
+            result = launched(argv, REPO_ROOT / "configs" / "accelerate" / config, out_json, timeout)
+            runs[trainer] = check_run(f"{name} {trainer}", result, ctx.steps)
+        except Exception as error:  # recorded; the next run goes on
+            runs[trainer] = {"status": "failed", "error": f"{name} {trainer}: {type(error).__name__}: {error}"}
+    failed = [trainer for trainer, run in runs.items() if run["status"] != "ok"]
+    return {"status": "failed" if failed else "ok", "runs": runs, **({"error": f"failed: {failed}"} if failed else {})}
 
 
 def stage_zero3(ctx: Context) -> dict[str, Any]:
     if importlib.util.find_spec("deepspeed") is None:
-        raise Skip("deepspeed is not installed (PyPI ships it as a source archive only; build its wheel to bring it)")
+        raise Skip("deepspeed is not installed (PyPI ships it as a source archive only: gpu_check.sh --fetch-wheels)")
     return _engine_stage(ctx, "zero3", "zero3.yaml")
 
 

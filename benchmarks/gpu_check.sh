@@ -12,8 +12,10 @@
 # accelerate and peft, but not trl, datasets, bitsandbytes or diffusers. `--fetch-wheels` downloads the versions this
 # repo is tested with, for that machine's Python (3.12, manylinux x86_64), into `.whl/` (gitignored; carry it). The
 # run installs them with `pip install --no-index --target /tmp/site` and puts /tmp/site first on PYTHONPATH, so they
-# win over the image's copies. deepspeed is on PyPI as a source archive only and vLLM's CUDA wheel is several hundred
-# MB, so neither travels by default: their stages print why they were skipped. Other arguments go to gpu_check.py.
+# win over the image's copies. deepspeed is on PyPI as a source archive only: `--fetch-wheels` builds its pure-Python
+# wheel here (2.1 MB; with hjson, msgpack, py-cpuinfo, einops, ninja 0.8 MB), for the ZeRO-3 stage. vLLM's CUDA wheel
+# is several hundred MB, so it does not travel by default: its stage prints why it was skipped. Other arguments go to
+# gpu_check.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -23,6 +25,7 @@ PYTHON=${PYTHON:-python3}
 WHEELS=(
   "trl==1.16.0" "peft==0.21.2" "datasets==5.2.0" "diffusers==0.42.1" "bitsandbytes==0.50.2"
   "dill==0.4.1" "multiprocess==0.70.19" "importlib_metadata" "zipp"
+  "hjson" "msgpack" "py-cpuinfo" "einops" "ninja"
 )
 
 if [[ "${1:-}" == "--fetch-wheels" ]]; then
@@ -33,6 +36,7 @@ if [[ "${1:-}" == "--fetch-wheels" ]]; then
       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
       -d .whl "$spec"
   done
+  "$PYTHON" -m pip wheel -q --no-deps -w .whl "deepspeed==0.19.8"  # sdist only on PyPI; its wheel is pure Python
   du -sh .whl
   exit 0
 fi

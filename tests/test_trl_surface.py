@@ -287,8 +287,21 @@ def test_ppo_trl_surface():
     assert params(GRPOTrainer._clip_grad_norm) == ["self", "model"]
     assert params(GRPOTrainer._save) == ["self", "output_dir", "state_dict"]
     assert params(GRPOTrainer._load_from_checkpoint) == ["self", "resume_from_checkpoint", "model"]
-    # PPOTrainer takes every GRPOTrainer argument, in GRPO's order, plus `value_model`
-    assert params(PPOTrainer.__init__) == params(GRPOTrainer.__init__) + ["value_model"]
+    # PPOTrainer forwards what GRPOTrainer takes (`**kwargs`, by name), plus its own keyword `value_model`
+    assert params(PPOTrainer.__init__) == ["self", "model", "reward_funcs", "args", "value_model", "kwargs"]
+    assert params(GRPOTrainer.__init__)[:4] == ["self", "model", "reward_funcs", "args"]
+    # Under DeepSpeed/FSDP PPO hands the engine policy and critic as one module by setting `self.model` before the
+    # Trainer's preparation, which builds the optimizer and prepares `self.model` (the engine's module)
+    assert params(GRPOTrainer._prepare_for_training) == [
+        "self",
+        "max_steps",
+        "train_dataloader",
+        "resume_from_checkpoint",
+    ]
+    preparation = inspect.getsource(GRPOTrainer._prepare_for_training)
+    assert "self.create_optimizer()" in preparation
+    assert "self.accelerator.prepare(self.model, self.optimizer)" in preparation
+    assert "self.model = self.model_wrapped = model" in preparation  # FSDP: self.model is the sharded root
 
 
 # moved from tests/test_mdpo.py

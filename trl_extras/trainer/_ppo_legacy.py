@@ -109,7 +109,7 @@ CONFIG_FIELDS: dict[str, str] = {
     "`exp_name`": "`run_name`",
     "`num_ppo_epochs`, `num_mini_batches`, `total_episodes`, `kl_coef`, `kl_estimator`, `cliprange`, "
     "`cliprange_value`, `vf_coef`, `gamma`, `whiten_rewards`, `missing_eos_penalty`, "
-    "`ds3_gather_for_generation`": "same name, meaning and default (DeepSpeed is not supported yet)",
+    "`ds3_gather_for_generation`": "same name, meaning and default",
 }
 
 # Old PPOConfig fields that cannot be mapped -> the error's advice. TRL 1.12's derived batch sizes, then TRL <= 0.11's
@@ -307,6 +307,7 @@ def legacy_call(init):
     emit one FutureWarning listing what was mapped, call the current `__init__`, and keep the old attribute layout
     (`trainer.model.policy`, `trainer.model.value_model`) for reading. New-style calls pass through unchanged."""
     signature = inspect.signature(init)
+    var_keyword = next((p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD), None)
 
     @functools.wraps(init)
     def wrapper(self, *args, **kwargs):
@@ -347,6 +348,7 @@ def legacy_call(init):
         bound.apply_defaults()
         arguments = dict(bound.arguments)
         del arguments["self"]
+        arguments.update(arguments.pop(var_keyword, None) or {})  # what `__init__` forwards to GRPOTrainer, by name
 
         config = arguments.get("args")
         config_notes = list(getattr(config, "_ppo_legacy_notes", []))

@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import itertools
 import json
 import os
 import textwrap
-from collections.abc import Callable
 from dataclasses import fields
-from typing import Any
 
 import torch
-from datasets import Dataset, IterableDataset
 from torch import nn
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 from trl import GRPOConfig, GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
-from trl.trainer.utils import disable_dropout_in_model, get_config_model_id, shuffle_sequence_dict, split_tensor_dict
+from trl.trainer.utils import disable_dropout_in_model, shuffle_sequence_dict, split_tensor_dict
 
 from .. import _trl_compat
 from ..checkpointing import CheckpointSafetyMixin
@@ -39,13 +35,15 @@ from ..losses.ppo import (
 from ..quantization import keep_4bit_training_exact
 from ..rewards import check_finite_rewards, check_reward_funcs
 from . import _ppo_legacy, _rollout
+from ._init import resolve_args, validate_datasets
 from .ppo_config import PPOConfig
 from .value_model import (
     PerTokenValueModel,
+    PolicyAndValueWrapper,
+    build_value_model,
+    check_value_model_vocabulary,
     has_new_value_head,
     load_value_weights,
-    value_model_from_policy,
-    value_model_from_pretrained,
     zero_value_head,
 )
 
@@ -132,13 +130,15 @@ class PPOTrainer(CheckpointSafetyMixin, _ppo_legacy.LegacyPPOTrainerMixin, GRPOT
       buffering (`num_iterations = num_ppo_epochs`, `steps_per_generation = gradient_accumulation_steps *
       num_mini_batches`).
     - `create_optimizer` and `_clip_grad_norm`: the critic's parameters join the optimizer and the gradient clipping.
+    - `_prepare_for_training`: under DeepSpeed or FSDP, the engine gets policy and critic as one module
+      (`PolicyAndValueWrapper`), which is `trainer.model` from then on (docs/ppo.md, "Engines").
     - `_save`, `_save_checkpoint`, `_load_from_checkpoint`, `_load_optimizer_and_scheduler`: the critic's weights and
       the KL controller are saved and restored with the policy.
     - `_save_rng_state`, `_load_rng_state`: each process's rollout in progress is saved beside its RNG state, so a
       checkpoint taken between PPO epochs resumes into the same rollout.
 
     Under PEFT/QLoRA the reference policy is the policy with its adapter disabled (no second copy), as in GRPO.
-    Text-only policies; DeepSpeed and FSDP are not supported (the critic is trained outside their wrappers).
+    Text-only policies. DDP, DeepSpeed ZeRO-2/3 and FSDP2 (see docs/ppo.md, "Engines").
 
     Calls written for TRL's old PPOTrainer (TRL <= 1.12: `PPOTrainer(args, processing_class, model, ref_model,
     reward_model, train_dataset, value_model, ...)`, tokenised `input_ids` datasets, `trainer.model.policy`) are mapped
@@ -161,69 +161,33 @@ class PPOTrainer(CheckpointSafetyMixin, _ppo_legacy.LegacyPPOTrainerMixin, GRPOT
     }
 
     @_ppo_legacy.legacy_call  # TRL <= 1.12 arguments -> these (docs/ppo.md, "Migrating from TRL's old PPOTrainer")
-    def __init__(
-        self,
-        model: str | PreTrainedModel,
-        reward_funcs: Any = None,
-        args: PPOConfig | None = None,
-        train_dataset: Dataset | IterableDataset | None = None,
-        eval_dataset: Any = None,
-        processing_class: PreTrainedTokenizerBase | None = None,
-        reward_processing_classes: Any = None,
-        callbacks: list[TrainerCallback] | None = None,
-        optimizers: tuple[torch.optim.Optimizer | None, torch.optim.lr_scheduler.LambdaLR | None] = (None, None),
-        quantization_config: Any = None,
-        peft_config: Any = None,
-        tools: list[Callable] | None = None,
-        rollout_func: Callable | None = None,
-        environment_factory: Any = None,
-        value_model: str | nn.Module | None = None,
-    ):
-        if args is None:
-            model_name = model if isinstance(model, str) else get_config_model_id(model.config)
-            args = PPOConfig(f"{model_name.split('/')[-1]}-PPO")
-        elif not isinstance(args, PPOConfig):
-            raise TypeError(f"`args` must be a `PPOConfig`, got `{type(args).__name__}`.")
+    def __init__(self, model, reward_funcs=None, args=None, *, value_model: str | nn.Module | None = None, **kwargs):
+        args = resolve_args(args, PPOConfig, model, "PPOTrainer", "PPO")
         _check_grpo_loss_fields(args)
-        if args.deepspeed or args.fsdp:
-            raise NotImplementedError(
-                "PPOTrainer does not support DeepSpeed or FSDP yet: the value model is trained next to the policy "
-                "with the Trainer's optimizer, outside their wrappers. Use DDP (`accelerate launch`) or one device."
-            )
-        if isinstance(train_dataset, Dataset):
-            train_dataset = validate_prompt_dataset(train_dataset)
-        if isinstance(eval_dataset, Dataset):
-            eval_dataset = validate_prompt_dataset(eval_dataset)
-
+        kwargs["train_dataset"], kwargs["eval_dataset"] = validate_datasets(
+            validate_prompt_dataset, kwargs.get("train_dataset"), kwargs.get("eval_dataset")
+        )
         reward_funcs = check_reward_funcs(reward_funcs)  # non-finite or non-numeric rewards name the function and row
         # Seeded, so that a new value head is the same in every run and every process (the Trainer seeds only later)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(args.seed)
-            self.value_model = self._build_value_model(value_model, model, reward_funcs, args)
+            self.value_model = build_value_model(value_model, model, reward_funcs, args)
         if args.value_head_init == "zero" and has_new_value_head(self.value_model):
             zero_value_head(self.value_model)
 
-        super().__init__(
-            model=model,
-            reward_funcs=reward_funcs,
-            args=args,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            reward_processing_classes=reward_processing_classes,
-            callbacks=callbacks,
-            optimizers=optimizers,
-            quantization_config=quantization_config,
-            peft_config=peft_config,
-            tools=tools,
-            rollout_func=rollout_func,
-            environment_factory=environment_factory,
-        )
+        super().__init__(model, reward_funcs, args=args, **kwargs)
         keep_4bit_training_exact(self.model)  # bitsandbytes' CPU repack off, TRL's bf16 adapter cast undone
         if _trl_compat.is_vlm(self):
             raise NotImplementedError("PPOTrainer supports text-only policies: its value model reads token ids only.")
 
-        self._check_value_model_vocabulary(value_model, reward_funcs, args)
+        check_value_model_vocabulary(
+            value_model,
+            reward_funcs,
+            args,
+            _trl_compat.tokenizer(self),
+            self.reward_processing_classes,
+            self.reward_func_names,
+        )
         num_embeddings = self.value_model.get_input_embeddings().num_embeddings
         if num_embeddings < len(_trl_compat.tokenizer(self)):
             raise ValueError(
@@ -239,79 +203,39 @@ class PPOTrainer(CheckpointSafetyMixin, _ppo_legacy.LegacyPPOTrainerMixin, GRPOT
             self.value_model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs or {"use_reentrant": False}
             )
-        # The critic trains with the policy's optimizer; under DDP the wrapper's forward keeps its gradients in sync
-        self._value_module = self.accelerator.prepare_model(PerTokenValueModel(self.value_model))
-        # The Trainer zeroes only the policy's gradients after each optimizer step; do the same for the critic
-        self.add_callback(_ZeroGradAfterStep(self.value_model))
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            # The engine shards and syncs the module it prepares: give it policy and critic as one module
+            # (`_prepare_for_training`), called through its root for both heads (`_per_token_values`)
+            self._policy_and_value = PolicyAndValueWrapper(self.model, self.value_model)
+        else:
+            self._policy_and_value = None
+            # The critic trains with the policy's optimizer; under DDP its own wrapper keeps its gradients in sync
+            self._value_module = self.accelerator.prepare_model(PerTokenValueModel(self.value_model))
+            # The Trainer zeroes only the policy's gradients after each optimizer step; do the same for the critic
+            self.add_callback(_ZeroGradAfterStep(self.value_model))
 
         self.kl_ctl = KLController(value=args.kl_coef, target=args.kl_target, horizon=args.kl_horizon)
 
     # ---- value model --------------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _build_value_model(value_model, model, reward_funcs, args: PPOConfig) -> nn.Module:
-        """The critic: as given, or initialised from the reward model or the policy (`args.value_model_init`)."""
-        init_kwargs = args.value_model_init_kwargs or {}
-        if isinstance(value_model, str):
-            return value_model_from_pretrained(value_model, **init_kwargs)
-        if isinstance(value_model, nn.Module):
-            return value_model
-        if value_model is not None:
-            raise TypeError(f"`value_model` must be a path, a module or None, got `{type(value_model).__name__}`.")
-
-        reward_list = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
-        reward_models = [f for f in reward_list if isinstance(f, (str, nn.Module))]
-        init = args.value_model_init or ("reward_model" if reward_models else "policy")
-        if init == "reward_model":
-            if not reward_models:
-                raise ValueError(
-                    "`value_model_init='reward_model'` needs a reward model (a path or a sequence classifier) in "
-                    "`reward_funcs`; pass one, a `value_model`, or set `value_model_init='policy'`."
-                )
-            source = reward_models[0]
-            return (
-                value_model_from_pretrained(source, **init_kwargs)
-                if isinstance(source, str)
-                else copy.deepcopy(source)
-            )
-        if isinstance(model, str):
-            return value_model_from_pretrained(model, **init_kwargs)
-        return value_model_from_policy(model, **init_kwargs)
-
-    def _check_value_model_vocabulary(self, value_model, reward_funcs, args: PPOConfig) -> None:
-        """The critic reads the policy's token ids: its tokenizer must map every token to the same id."""
-        reward_list = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
-        if value_model is None and (args.value_model_init or "reward_model") == "reward_model":
-            index = next((i for i, f in enumerate(reward_list) if isinstance(f, (str, nn.Module))), None)
-            if index is None:
-                return
-            tokenizer, source = (
-                self.reward_processing_classes[index],
-                f"the reward model `{self.reward_func_names[index]}`",
-            )
-        elif isinstance(value_model, str) and os.path.isfile(os.path.join(value_model, "tokenizer_config.json")):
-            from transformers import AutoTokenizer
-
-            tokenizer, source = AutoTokenizer.from_pretrained(value_model), f"`value_model` ({value_model})"
-        else:
-            return
-        policy_vocab, value_vocab = _trl_compat.tokenizer(self).get_vocab(), tokenizer.get_vocab()
-        if policy_vocab == value_vocab:
-            return
-        differ = sorted(t for t in policy_vocab if value_vocab.get(t) != policy_vocab[t])
-        example = differ[0] if differ else next(t for t in value_vocab if t not in policy_vocab)
-        raise ValueError(
-            f"The value model is built from {source}, whose tokenizer differs from the policy's "
-            f"({len(differ)} of the policy's {len(policy_vocab)} tokens have another id or none, e.g. {example!r}: "
-            f"{policy_vocab.get(example)} for the policy, {value_vocab.get(example)} for the value model). The critic "
-            "reads the policy's token ids, so it would see the wrong tokens. Pass `value_model=` a one-label sequence "
-            "classifier that shares the policy's tokenizer, or set `value_model_init='policy'` to build the critic "
-            "from the policy."
-        )
-
     def _per_token_values(self, input_ids, attention_mask, logits_to_keep, batch_size=None) -> torch.Tensor:
         with self.accelerator.autocast():
-            return self._value_module(input_ids, attention_mask, logits_to_keep, batch_size)
+            if self._policy_and_value is None:
+                return self._value_module(input_ids, attention_mask, logits_to_keep, batch_size)
+            # DeepSpeed / FSDP: through the engine's root module, which gathers the critic's shards
+            engine = self.model_wrapped
+            if self.accelerator.unwrap_model(engine) is not self._policy_and_value:  # not prepared yet
+                engine = self._policy_and_value
+            return engine(input_ids, attention_mask, logits_to_keep, batch_size, head="value")
+
+    # ---- engines ------------------------------------------------------------------------------------------------
+
+    def _prepare_for_training(self, max_steps, train_dataloader, resume_from_checkpoint):
+        # DeepSpeed / FSDP: the engine prepares (and, under FSDP, becomes) `self.model`; make that policy and critic
+        # together, so that one engine shards, syncs, clips and checkpoints both
+        if self._policy_and_value is not None and self.model is not self._policy_and_value:
+            self.model = self.model_wrapped = self._policy_and_value
+        return super()._prepare_for_training(max_steps, train_dataloader, resume_from_checkpoint)
 
     # ---- rollout ------------------------------------------------------------------------------------------------
 
@@ -501,6 +425,8 @@ class PPOTrainer(CheckpointSafetyMixin, _ppo_legacy.LegacyPPOTrainerMixin, GRPOT
 
     def create_optimizer(self, model=None):
         given = self.optimizer is not None
+        if self._policy_and_value is not None and (model is None or model is self._policy_and_value):
+            model = self._policy_and_value.policy  # the parent's groups over the policy; the critic's added below
         optimizer = super().create_optimizer(model)
         held = {id(p) for group in optimizer.param_groups for p in group["params"]}
         named = [(n, p) for n, p in self.value_model.named_parameters() if p.requires_grad and id(p) not in held]
@@ -521,7 +447,7 @@ class PPOTrainer(CheckpointSafetyMixin, _ppo_legacy.LegacyPPOTrainerMixin, GRPOT
 
     def _clip_grad_norm(self, model):
         # Policy and critic form one optimisation problem: clip their joint gradient norm
-        if _trl_compat.has_mixed_mesh_grads(self, model):
+        if self._policy_and_value is not None or _trl_compat.has_mixed_mesh_grads(self, model):
             return super()._clip_grad_norm(model)
         params = itertools.chain(model.parameters(), self.value_model.parameters())
         return self.accelerator.clip_grad_norm_(params, self.args.max_grad_norm)
@@ -529,10 +455,24 @@ class PPOTrainer(CheckpointSafetyMixin, _ppo_legacy.LegacyPPOTrainerMixin, GRPOT
     # ---- saving and resuming ------------------------------------------------------------------------------------
 
     def _save(self, output_dir: str | None = None, state_dict=None):
-        super()._save(output_dir, state_dict)
+        value_state_dict = None
+        if self.model is self._policy_and_value:
+            # DeepSpeed / FSDP: `save_model` gathered the engine's module; the policy is saved as without an engine
+            if state_dict is None:
+                state_dict = self.model.state_dict()
+            state_dict, value_state_dict = self._policy_and_value.split_state_dict(state_dict)
+            self.model = self._policy_and_value.policy
+            try:
+                super()._save(output_dir, state_dict)
+            finally:
+                self.model = self._policy_and_value
+            if not value_state_dict:  # ZeRO-3 without 16-bit gathering: the engine's own checkpoint holds it
+                return
+        else:
+            super()._save(output_dir, state_dict)
         if self.args.should_save:
             value_dir = os.path.join(output_dir or self.args.output_dir, VALUE_MODEL_DIR)
-            self.accelerator.unwrap_model(self.value_model).save_pretrained(value_dir)
+            self.accelerator.unwrap_model(self.value_model).save_pretrained(value_dir, state_dict=value_state_dict)
             self.processing_class.save_pretrained(value_dir)
 
     def _save_checkpoint(self, model, trial):
@@ -546,6 +486,8 @@ class PPOTrainer(CheckpointSafetyMixin, _ppo_legacy.LegacyPPOTrainerMixin, GRPOT
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if self._policy_and_value is not None:
+            return  # DeepSpeed / FSDP: the engine's checkpoint (policy and critic as one module) was loaded
         value_dir = os.path.join(resume_from_checkpoint, VALUE_MODEL_DIR)
         if not os.path.isdir(value_dir):
             raise FileNotFoundError(

@@ -17,6 +17,7 @@ values = per_token_values(critic, input_ids, attention_mask, logits_to_keep=comp
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 
@@ -26,6 +27,9 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
 __all__ = [
     "PerTokenValueModel",
+    "PolicyAndValueWrapper",
+    "build_value_model",
+    "check_value_model_vocabulary",
     "has_new_value_head",
     "load_value_weights",
     "per_token_values",
@@ -96,6 +100,66 @@ class PerTokenValueModel(nn.Module):
         return per_token_values(self.model, input_ids, attention_mask, logits_to_keep, batch_size)
 
 
+class PolicyAndValueWrapper(nn.Module):
+    """Policy and critic as one module, for engines that shard or sync exactly the module they are given (DeepSpeed
+    ZeRO, FSDP2): one engine, one optimizer, one gathered state dict (keys `policy.*` and `value_model.*`).
+
+    Every call goes through this root's `forward` (FSDP2 unshards the root-held parameters in the root's pre-forward,
+    which a direct call to a submodule would skip): `head="policy"` (the default, so TRL's calls `model(**inputs)`
+    are the policy's) forwards to the policy, `head="value"` returns `per_token_values` of the critic. `generate`
+    and any attribute this module lacks (`config`, `generation_config`, `peft_config`, `disable_adapter`, ...) are
+    the policy's, so the trainer keeps treating it as the model.
+    """
+
+    def __init__(self, policy: nn.Module, value_model: nn.Module):
+        super().__init__()
+        self.policy = policy
+        self.value_model = value_model
+        # FSDP's transformer-based auto wrap reads the layer classes to shard from here
+        names = [name for module in (policy, value_model) for name in getattr(module, "_no_split_modules", None) or []]
+        self._no_split_modules = list(dict.fromkeys(names))
+
+    def forward(self, *args, head: str = "policy", **kwargs):
+        if head == "policy":
+            return self.policy(*args, **kwargs)
+        if head == "value":
+            return per_token_values(self.value_model, *args, **kwargs)
+        raise ValueError(f"PolicyAndValueWrapper.forward: `head` must be 'policy' or 'value', got {head!r}.")
+
+    def generate(self, *args, **kwargs):
+        return self.policy.generate(*args, **kwargs)
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return bool(getattr(self.policy, "is_gradient_checkpointing", False))
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
+        self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+
+    def gradient_checkpointing_disable(self):
+        self.policy.gradient_checkpointing_disable()
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)  # parameters, buffers, submodules
+        except AttributeError:
+            if name in ("policy", "value_model") or "policy" not in self.__dict__.get("_modules", {}):
+                raise
+            return getattr(self._modules["policy"], name)
+
+    def split_state_dict(self, state_dict: dict) -> tuple[dict, dict]:
+        """A state dict of this module (e.g. gathered by the engine) as `(policy's, value model's)`."""
+        parts: tuple[dict, dict] = ({}, {})
+        for key, value in state_dict.items():
+            head, _, rest = key.partition(".")
+            if head not in ("policy", "value_model"):
+                raise ValueError(
+                    f"PolicyAndValueWrapper state dict key {key!r} is neither `policy.*` nor `value_model.*`."
+                )
+            parts[head == "value_model"][rest] = value
+        return parts
+
+
 def value_model_from_pretrained(path: str, **kwargs) -> PreTrainedModel:
     """A one-label sequence classifier from ``path`` (a reward model, or a causal LM whose ``score`` head is new).
 
@@ -117,10 +181,19 @@ def has_new_value_head(model: nn.Module) -> bool:
 
 
 def zero_value_head(model: nn.Module) -> None:
-    """Set the ``score`` head to zero, in place: ``V(s) = 0`` for every state until the critic has trained."""
+    """Set the ``score`` head to zero, in place: ``V(s) = 0`` for every state until the critic has trained.
+
+    Under DeepSpeed ZeRO-3 (a model built inside ``deepspeed.zero.Init``) each process holds a slice of every
+    parameter and an empty placeholder in its place: the head is gathered, zeroed and partitioned again."""
     _, head = _backbone_and_head(model)
-    with torch.no_grad():
-        for param in head.parameters():
+    params = list(head.parameters())
+    gathered = contextlib.nullcontext()
+    if any(hasattr(param, "ds_id") for param in params):  # partitioned by ZeRO-3
+        import deepspeed
+
+        gathered = deepspeed.zero.GatheredParameters(params, modifier_rank=0)
+    with gathered, torch.no_grad():
+        for param in params:
             param.zero_()
 
 
@@ -173,3 +246,67 @@ def load_value_weights(model: nn.Module, directory: str) -> None:
             f"The value model weights in {directory} do not match the value model: missing {missing[:5]}, "
             f"unexpected {unexpected[:5]}."
         )
+
+
+# ---- the trainer's critic -----------------------------------------------------------------------------------------
+
+
+def build_value_model(value_model, model, reward_funcs, args) -> nn.Module:
+    """PPOTrainer's critic: `value_model` as given (a path or a module), or initialised as `args.value_model_init`
+    says, from the first reward model in `reward_funcs` or from the policy `model` (a path or a module)."""
+    init_kwargs = args.value_model_init_kwargs or {}
+    if isinstance(value_model, str):
+        return value_model_from_pretrained(value_model, **init_kwargs)
+    if isinstance(value_model, nn.Module):
+        return value_model
+    if value_model is not None:
+        raise TypeError(f"`value_model` must be a path, a module or None, got `{type(value_model).__name__}`.")
+
+    reward_list = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
+    reward_models = [f for f in reward_list if isinstance(f, (str, nn.Module))]
+    init = args.value_model_init or ("reward_model" if reward_models else "policy")
+    if init == "reward_model":
+        if not reward_models:
+            raise ValueError(
+                "`value_model_init='reward_model'` needs a reward model (a path or a sequence classifier) in "
+                "`reward_funcs`; pass one, a `value_model`, or set `value_model_init='policy'`."
+            )
+        source = reward_models[0]
+        return value_model_from_pretrained(source, **init_kwargs) if isinstance(source, str) else copy.deepcopy(source)
+    if isinstance(model, str):
+        return value_model_from_pretrained(model, **init_kwargs)
+    return value_model_from_policy(model, **init_kwargs)
+
+
+def check_value_model_vocabulary(
+    value_model, reward_funcs, args, policy_tokenizer, reward_processing_classes, reward_func_names
+) -> None:
+    """The critic reads the policy's token ids: the tokenizer it was built with must map every token to the same id.
+
+    `value_model` and `reward_funcs` are what the trainer was given; `reward_processing_classes` and
+    `reward_func_names` the trainer's lists (one entry per reward function)."""
+    reward_list = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
+    if value_model is None and (args.value_model_init or "reward_model") == "reward_model":
+        index = next((i for i, f in enumerate(reward_list) if isinstance(f, (str, nn.Module))), None)
+        if index is None:
+            return
+        tokenizer, source = reward_processing_classes[index], f"the reward model `{reward_func_names[index]}`"
+    elif isinstance(value_model, str) and os.path.isfile(os.path.join(value_model, "tokenizer_config.json")):
+        from transformers import AutoTokenizer
+
+        tokenizer, source = AutoTokenizer.from_pretrained(value_model), f"`value_model` ({value_model})"
+    else:
+        return
+    policy_vocab, value_vocab = policy_tokenizer.get_vocab(), tokenizer.get_vocab()
+    if policy_vocab == value_vocab:
+        return
+    differ = sorted(t for t in policy_vocab if value_vocab.get(t) != policy_vocab[t])
+    example = differ[0] if differ else next(t for t in value_vocab if t not in policy_vocab)
+    raise ValueError(
+        f"The value model is built from {source}, whose tokenizer differs from the policy's "
+        f"({len(differ)} of the policy's {len(policy_vocab)} tokens have another id or none, e.g. {example!r}: "
+        f"{policy_vocab.get(example)} for the policy, {value_vocab.get(example)} for the value model). The critic "
+        "reads the policy's token ids, so it would see the wrong tokens. Pass `value_model=` a one-label sequence "
+        "classifier that shares the policy's tokenizer, or set `value_model_init='policy'` to build the critic "
+        "from the policy."
+    )
