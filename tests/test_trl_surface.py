@@ -30,8 +30,6 @@ EXCEPTIONS = {
     "_trl_compat.py",  # the compat module itself
     "trainer/diffusion_dpo_trainer.py",  # subclasses `_BaseTrainer`, reads `_metrics` (diffusion work in progress)
     "trainer/diffusion_dpo_config.py",  # subclasses `_BaseConfig` (diffusion work in progress)
-    "cli.py",  # multi-process launcher work in progress
-    "scripts/_common.py",  # multi-process launcher work in progress
 }
 EXCEPTION_DIRS = ("trainer/diffusion/",)  # diffusion family adapters, work in progress
 
@@ -295,3 +293,37 @@ def test_mdpo_trl_surface():
     # DPOTrainer computes the policy and reference log-probs with the fused LM head, which our forward hooks extend
     source = inspect.getsource(DPOTrainer._compute_loss)
     assert "fused_lm_head=True" in source and ".log_probs" in source
+
+
+# --------------------------------------------------------------- CLI: what trl-extras borrows from TRL's command line
+def test_resolve_accelerate_config_is_trls():
+    from trl.cli import accelerate_config
+
+    assert _params(accelerate_config.resolve_accelerate_config_argument) == ["launch_args"]
+    assert _trl_compat.resolve_accelerate_config(["--num_processes", "2"]) == ["--num_processes", "2"]
+    resolved = _trl_compat.resolve_accelerate_config(["--accelerate_config", "zero2", "--num_processes", "2"])
+    assert resolved[0] == "--config_file" and resolved[2:] == ["--num_processes", "2"], resolved
+    assert pathlib.Path(resolved[1]) == TRL_DIR / "accelerate_configs" / "zero2.yaml"
+    with pytest.raises(ValueError, match="neither a file nor a valid config"):
+        _trl_compat.resolve_accelerate_config(["--accelerate_config", "no-such-config"])
+
+
+def test_trl_parser_parses_through_parse_known_args():
+    """scripts/_common.py's parser checks values in `parse_known_args`: TRL's parsing must go through it."""
+    from transformers import HfArgumentParser
+
+    assert "self.parse_args_into_dataclasses(" in inspect.getsource(trl.TrlParser.parse_args_and_config)
+    assert "self.parse_known_args(" in inspect.getsource(HfArgumentParser.parse_args_into_dataclasses)
+    from trl_extras.scripts import sft
+
+    parser = sft.make_parser()
+    assert parser.dataclass_types[1] is trl.SFTConfig  # (script arguments, trainer config, ModelConfig, mixture)
+
+
+def test_only_compat_imports_trls_cli_modules():
+    users = [
+        path.relative_to(PACKAGE).as_posix()
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path.name != "_trl_compat.py" and re.search(r"^\s*(from|import) trl\.cli\b", path.read_text(), re.M)
+    ]
+    assert not users, f"import TRL's CLI internals through trl_extras/_trl_compat.py, not in {users}"
