@@ -25,12 +25,8 @@ TRL_SOURCES = {"DPOTrainer": "trainer/dpo_trainer.py", "GRPOTrainer": "trainer/g
 TRL_DIR = pathlib.Path(trl.__file__).parent
 PACKAGE = pathlib.Path(_trl_compat.__file__).parent
 
-# Modules not yet moved onto _trl_compat (other work in progress, issue 14): each still touches TRL internals.
-EXCEPTIONS = {
-    "_trl_compat.py",  # the compat module itself
-    "cli.py",  # multi-process launcher work in progress
-    "scripts/_common.py",  # multi-process launcher work in progress
-}
+# Only the compat module itself touches TRL internals.
+EXCEPTIONS = {"_trl_compat.py"}
 EXCEPTION_DIRS = ()
 
 # TRL's documented subclass attributes (model-card name, paper, tags, template): set by every trainer, not internals
@@ -362,3 +358,37 @@ def test_diffusion_dpo_signature_columns():
     assert remove.index("self._set_signature_columns_if_needed()") < remove.index("self._signature_columns")
     # DiffusionDPOTrainer.prediction_step moves its batch with `_prepare_input`, what `_prepare_inputs` does first
     assert "self._prepare_input(inputs)" in inspect.getsource(Trainer._prepare_inputs)
+
+
+# --------------------------------------------------------------- CLI: what trl-extras borrows from TRL's command line
+def test_resolve_accelerate_config_is_trls():
+    from trl.cli import accelerate_config
+
+    assert _params(accelerate_config.resolve_accelerate_config_argument) == ["launch_args"]
+    assert _trl_compat.resolve_accelerate_config(["--num_processes", "2"]) == ["--num_processes", "2"]
+    resolved = _trl_compat.resolve_accelerate_config(["--accelerate_config", "zero2", "--num_processes", "2"])
+    assert resolved[0] == "--config_file" and resolved[2:] == ["--num_processes", "2"], resolved
+    assert pathlib.Path(resolved[1]) == TRL_DIR / "accelerate_configs" / "zero2.yaml"
+    with pytest.raises(ValueError, match="neither a file nor a valid config"):
+        _trl_compat.resolve_accelerate_config(["--accelerate_config", "no-such-config"])
+
+
+def test_trl_parser_parses_through_parse_known_args():
+    """scripts/_common.py's parser checks values in `parse_known_args`: TRL's parsing must go through it."""
+    from transformers import HfArgumentParser
+
+    assert "self.parse_args_into_dataclasses(" in inspect.getsource(trl.TrlParser.parse_args_and_config)
+    assert "self.parse_known_args(" in inspect.getsource(HfArgumentParser.parse_args_into_dataclasses)
+    from trl_extras.scripts import sft
+
+    parser = sft.make_parser()
+    assert parser.dataclass_types[1] is trl.SFTConfig  # (script arguments, trainer config, ModelConfig, mixture)
+
+
+def test_only_compat_imports_trls_cli_modules():
+    users = [
+        path.relative_to(PACKAGE).as_posix()
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path.name != "_trl_compat.py" and re.search(r"^\s*(from|import) trl\.cli\b", path.read_text(), re.M)
+    ]
+    assert not users, f"import TRL's CLI internals through trl_extras/_trl_compat.py, not in {users}"

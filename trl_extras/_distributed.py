@@ -67,3 +67,27 @@ def check_process_group(args) -> None:
         f"{num_processes} process(es) here (distributed type {distributed_type}), so each process would train its "
         f"own copy of the model on the whole dataset. {fix}"
     )
+
+
+# The engine an ``accelerate launch`` config asked for (the variable accelerate's launcher sets in every process) ->
+# the DistributedType that engine runs as.
+_REQUESTED_ENGINES = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DEEPSPEED"}
+
+
+def engine_fallback_notice(distributed_type: str) -> str | None:
+    """A line saying that the launch config's FSDP / DeepSpeed engine is not running, or ``None`` when it is.
+
+    accelerate 1.15 turns FSDP on only for processes on accelerators (``AcceleratorState.__init__``,
+    ``accelerate/state.py`` line 986: ``MULTI_GPU``, ``MULTI_XPU``, ... but not ``MULTI_CPU``) and starts DeepSpeed
+    only off the CPU (line 201: ``if not cpu``); on a CPU the processes run as plain data-parallel copies
+    (``MULTI_CPU``, gloo), each holding the whole model, and accelerate says nothing. ``distributed_type`` is the
+    run's ``AcceleratorState().distributed_type.value``.
+    """
+    for variable, engine in _REQUESTED_ENGINES.items():
+        if os.environ.get(variable, "false").lower() == "true" and distributed_type != engine:
+            return (
+                f"The accelerate config asks for {engine}, but this run is {distributed_type}: accelerate runs "
+                f"{engine} on GPUs (and other accelerators) only, so each process holds and trains the whole model "
+                "(data parallel). See docs/cli.md, 'Several processes'."
+            )
+    return None

@@ -288,3 +288,20 @@ def set_signature_columns(trainer, columns: list[str]) -> None:
     to ``None`` and ``_remove_unused_columns`` calls ``_set_signature_columns_if_needed()`` before reading it."""
     if trainer._signature_columns is None:
         trainer._signature_columns = list(columns)
+# ------------------------------------------------------------------------------- CLI (trl_extras/cli.py, scripts/)
+# What `trl-extras` borrows from TRL's own command line. `scripts/_common.py` also subclasses the public `TrlParser`,
+# overriding argparse's `error` and `parse_known_args` (checks run there): that relies on
+# `TrlParser.parse_args_and_config` -> `HfArgumentParser.parse_args_into_dataclasses` -> `self.parse_known_args`,
+# and on `HfArgumentParser.dataclass_types` keeping the dataclasses in the order given (pinned by
+# `tests/test_trl_surface.py::test_trl_parser_parses_through_parse_known_args`).
+def resolve_accelerate_config(launch_args: list[str]) -> list[str]:
+    """``launch_args`` with ``--accelerate_config X`` replaced by ``--config_file PATH``, as ``trl dpo`` does.
+
+    Relies on: ``trl.cli.accelerate_config.resolve_accelerate_config_argument(launch_args)``, a module of TRL's CLI
+    that neither ``trl`` nor ``trl.cli`` exports: ``X`` is a file, or the name of a config shipped in
+    ``trl/accelerate_configs/`` (``zero2``, ``fsdp2``, ...) without ``.yaml``; arguments without
+    ``--accelerate_config`` come back unchanged; anything else raises ``ValueError`` with TRL's message.
+    """
+    from trl.cli.accelerate_config import resolve_accelerate_config_argument
+
+    return resolve_accelerate_config_argument(launch_args)

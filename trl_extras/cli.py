@@ -200,10 +200,11 @@ def _without(argv: list[str], launch_args: list[str]) -> list[str]:
 def _relaunch_with_accelerate(command: str, training_argv: list[str], launch_args: list[str]) -> int:
     """Run ``accelerate launch <launch_args> -m trl_extras.cli <command> <training_argv>`` (as ``trl dpo`` does)."""
     from accelerate.commands.launch import launch_command, launch_command_parser
-    from trl.cli.accelerate_config import resolve_accelerate_config_argument
+
+    from trl_extras._trl_compat import resolve_accelerate_config
 
     try:
-        launch_args = resolve_accelerate_config_argument(launch_args)
+        launch_args = resolve_accelerate_config(launch_args)
     except ValueError as error:
         raise _CLIError(f"{_ACCELERATE_CONFIG_FLAG}: {error}") from None
     args = launch_command_parser().parse_args([*launch_args, "-m", "trl_extras.cli", command, *training_argv])

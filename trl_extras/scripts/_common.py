@@ -371,6 +371,7 @@ def train_and_save(trainer, script_args, training_args, *, role: str, evaluation
     ``{"before": ..., "after": ...}`` when something was measured, else ``None``.
     """
     global TRAINING_STARTED
+    from trl_extras._distributed import engine_fallback_notice
     from trl_extras.checkpointing import make_checkpoint_safe
     from trl_extras.quantization import keep_4bit_training_exact
     from trl_extras.tasks import registry
@@ -381,6 +382,9 @@ def train_and_save(trainer, script_args, training_args, *, role: str, evaluation
     print_ = trainer.accelerator.print
     state = trainer.accelerator.state
     print_(f"Running on {state.num_processes} process(es), {state.distributed_type.value}, device {state.device}.")
+    notice = engine_fallback_notice(state.distributed_type.value)
+    if notice is not None:
+        print_(notice)
     if evaluation is None:
         max_new_tokens = getattr(training_args, "max_completion_length", None) or 40
         evaluation = registry.evaluation_for(
