@@ -24,6 +24,10 @@ way: ``SD3Transformer2DModel`` with two ``CLIPTextModelWithProjection`` encoders
 ``T5EncoderModel``; both with a ``FlowMatchEulerDiscreteScheduler`` and a T5 tokenizer whose unigram vocabulary is made
 here. ``build_tiny_sana_pipeline``: ``SanaTransformer2DModel`` with a ``Gemma2Model`` text encoder (a BPE
 ``GemmaTokenizer`` made here) and a deterministic ``AutoencoderDC`` (DC-AE).
+
+The SD, SD3 and Flux builders take ``vae="linear"`` for an ``AutoencoderKL`` whose weights are set (not learnt) so
+that it is linear: colours round-trip and a decoded image's colour follows its latent (`_linear_vae`). The default
+random VAE decodes almost any latent to the same colour, so a reward read off sampled images barely moves.
 """
 
 from __future__ import annotations
