@@ -157,6 +157,25 @@ def build_diffusion_dpo(models, output_dir, peft_config=None, **overrides):
     return DiffusionDPOTrainer(models["diffusion"], args=args, train_dataset=test_diffusion_dpo._pairs())
 
 
+def build_flow_diffusion_dpo(family):
+    """Diffusion-DPO on a flow-matching family (``"sd3"``, ``"flux"``, ``"sana"``): the UNet row's builder on that
+    family's tiny pipeline, with the families test's pairs and T5/Gemma length."""
+
+    def build(models, output_dir, peft_config=None, **overrides):
+        import test_diffusion_dpo_families
+
+        from trl_extras import DiffusionDPOConfig, DiffusionDPOTrainer
+
+        config = common(
+            output_dir, **{"learning_rate": 1e-4, "resolution": 32, "max_sequence_length": 16, **overrides}
+        )
+        output_dir = config.pop("output_dir")
+        args = DiffusionDPOConfig(output_dir, dataloader_pin_memory=False, gradient_checkpointing=False, **config)
+        return DiffusionDPOTrainer(models[family], args=args, train_dataset=test_diffusion_dpo_families._pairs(4))
+
+    return build
+
+
 @dataclasses.dataclass(frozen=True)
 class Case:
     name: str
@@ -185,6 +204,12 @@ def _cases():
         # get other samples than 4 rows (0.73 of the update apart); test_gradient_accumulation_diffusion_dpo fixes
         # the draws and checks the accumulation itself.
         Case("diffusion_dpo", build_diffusion_dpo, frozenset({"seed", "resume", "reload", "card"})),
+        # the flow-matching families, full fine-tuning as the UNet row (their LoRA save/reload in diffusers' format:
+        # test_diffusion_dpo_families.py; the card is the trainer's, checked once above)
+        *(
+            Case(f"diffusion_dpo_{family}", build_flow_diffusion_dpo(family), frozenset({"seed", "resume", "reload"}))
+            for family in ("sd3", "flux", "sana")
+        ),
     ]
 
 
@@ -202,12 +227,21 @@ def cases_for(check):
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, tiny_lm_path, tiny_reward_model_path):
     """Paths of the tiny models, built on first use."""
-    from trl_extras.testing import build_tiny_diffusion_pipeline, build_tiny_vlm
+    from trl_extras.testing import (
+        build_tiny_diffusion_pipeline,
+        build_tiny_flux_pipeline,
+        build_tiny_sana_pipeline,
+        build_tiny_sd3_pipeline,
+        build_tiny_vlm,
+    )
 
     built = {"lm": tiny_lm_path, "rm": tiny_reward_model_path}
     builders = {
         "vlm": lambda: build_tiny_vlm(tmp_path_factory.mktemp("vlm"), family="llava"),
         "diffusion": lambda: build_tiny_diffusion_pipeline(tmp_path_factory.mktemp("sd")),
+        "sd3": lambda: build_tiny_sd3_pipeline(tmp_path_factory.mktemp("sd3")),
+        "flux": lambda: build_tiny_flux_pipeline(tmp_path_factory.mktemp("flux")),
+        "sana": lambda: build_tiny_sana_pipeline(tmp_path_factory.mktemp("sana")),
     }
 
     class Models(dict):
@@ -269,10 +303,10 @@ def test_resume_from_a_save_step_equals_the_uninterrupted_run(case, models, stra
 
 
 def _reloaded(case, trainer, directory):
-    if case.name == "diffusion_dpo":
-        from diffusers import UNet2DConditionModel
-
-        return dict(UNet2DConditionModel.from_pretrained(Path(directory) / "unet").named_parameters())
+    if case.name.startswith("diffusion_dpo"):  # the saved pipeline's denoiser: unet/ or transformer/
+        denoiser = trainer.accelerator.unwrap_model(trainer.model)
+        subfolder = Path(directory) / trainer.family.denoiser_name
+        return dict(type(denoiser).from_pretrained(subfolder).named_parameters())
     model_class = type(trainer.accelerator.unwrap_model(trainer.model))
     return dict(model_class.from_pretrained(directory).named_parameters())
 

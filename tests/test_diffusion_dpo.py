@@ -339,6 +339,38 @@ def test_resuming_gives_the_same_weights_as_an_uninterrupted_run(pipeline_path, 
     assert _changed(straight_weights, resumed.model)
 
 
+@pytest.mark.parametrize("sdxl", [False, True], ids=["sd", "sdxl"])
+def test_lora_reloads_into_a_pipeline_to_the_same_unet_output(pipeline_path, tmp_path, sdxl):
+    """LoRA with alpha != r (scale 2): the UNet that `load_lora_weights` gives computes exactly what the trained one
+    does, so the adapter's weights and its scale both survive diffusers' format."""
+    from trl_extras.testing import build_tiny_diffusion_pipeline
+    from trl_extras.trainer.diffusion_dpo_trainer import DiffusionDPOTrainer
+
+    path = build_tiny_diffusion_pipeline(tmp_path / "tiny-sdxl", sdxl=True) if sdxl else pipeline_path
+    args = _config(tmp_path / "out", learning_rate=1e-2)
+    trainer = DiffusionDPOTrainer(path, args=args, train_dataset=_pairs(), peft_config=_lora(lora_alpha=8))
+    trainer.train()
+    trainer.save_model()
+    pipe = diffusers.DiffusionPipeline.from_pretrained(path)
+    pipe.load_lora_weights(str(tmp_path / "out"))
+
+    generator = torch.Generator().manual_seed(0)
+    noisy = torch.randn(2, 4, 16, 16, generator=generator)
+    text = torch.randn(2, 77, pipe.unet.config.cross_attention_dim, generator=generator)
+    extra = {}
+    if sdxl:  # pooled text embedding and (original size, crop, target size)
+        time_ids = torch.tensor([[32.0, 32, 0, 0, 32, 32]] * 2)
+        extra["added_cond_kwargs"] = {"text_embeds": torch.randn(2, 32, generator=generator), "time_ids": time_ids}
+    timesteps = torch.tensor([100, 700])
+    with torch.no_grad():
+        trained = trainer.model(noisy, timesteps, text, **extra).sample
+        reloaded = pipe.unet(noisy, timesteps, text, **extra).sample
+        pipe.unet.disable_lora()
+        base = pipe.unet(noisy, timesteps, text, **extra).sample
+    torch.testing.assert_close(reloaded, trained, rtol=0, atol=0)
+    assert (trained - base).abs().max() > 1e-3  # the adapter matters
+
+
 def test_dpo_learns_the_preferred_colour(pipeline_path, tmp_path):
     """Red preferred over blue for "a square". On held-out shades with held-out noise and timesteps, the implicit
     accuracy rises from chance (every pair a tie at 0.5) to nearly 1, and the DPO loss falls from log 2."""

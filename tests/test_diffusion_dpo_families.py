@@ -68,7 +68,8 @@ def _config(output_dir, **kwargs):
 def _lora():
     from peft import LoraConfig
 
-    return LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian")
+    # alpha != r: the adapter's scale (alpha / r = 2) must survive save/reload, which alpha = r could not show
+    return LoraConfig(r=4, lora_alpha=8, init_lora_weights="gaussian")
 
 
 def _snapshot(module):
@@ -237,6 +238,15 @@ def test_one_sgd_step_is_minus_lr_times_the_gradient_and_saves_exactly(pipelines
         loaded = dict(pipe.transformer.named_parameters())
         for n in trainable:
             torch.testing.assert_close(loaded[n.replace(".default.", ".default_0.")], after[n], rtol=0, atol=0)
+        # and the loaded pipeline's transformer computes what the trained one does (adapter scale included)
+        noisy, sigmas = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(1)), torch.tensor([0.3, 0.8])
+        with torch.no_grad():
+            trained = _velocity(family, model, noisy, sigmas, embeds.detach(), pooled.detach())
+            reloaded = _velocity(family, pipe.transformer, noisy, sigmas, embeds.detach(), pooled.detach())
+            pipe.transformer.disable_lora()
+            base = _velocity(family, pipe.transformer, noisy, sigmas, embeds.detach(), pooled.detach())
+        torch.testing.assert_close(reloaded, trained, rtol=0, atol=0)
+        assert (trained - base).abs().max() > 0  # the adapter changes the output (one step of lr 1e-3)
     else:
         reloaded = diffusers.DiffusionPipeline.from_pretrained(str(tmp_path))
         assert type(reloaded).__name__ == pipeline_class

@@ -132,3 +132,66 @@ def _check_tiny_sana(path):
     with torch.no_grad():  # unit-variance scaled latents, as the trained DC-AE's scaling_factor gives
         latents = pipe.vae.encode(torch.rand(8, 3, 32, 32) * 2 - 1).latent * pipe.vae.config.scaling_factor
     assert latents.shape == (8, 4, 16, 16) and 0.5 < latents.std() < 2
+
+
+def test_every_tiny_pipeline_builder_is_public():
+    import trl_extras
+    import trl_extras.testing as testing
+    from trl_extras import (  # noqa: F401
+        build_tiny_diffusion_pipeline,
+        build_tiny_flux_pipeline,
+        build_tiny_sana_pipeline,
+        build_tiny_sd3_pipeline,
+    )
+
+    for name in ["build_tiny_diffusion_pipeline", "build_tiny_sd3_pipeline", "build_tiny_flux_pipeline",
+                 "build_tiny_sana_pipeline"]:  # fmt: skip
+        assert name in testing.__all__ and name in trl_extras.__all__, name
+        assert getattr(trl_extras, name) is getattr(testing, name), name
+
+
+#: The linear VAE's colour -> latent map, written out: the first three columns of the 4 x 4 Hadamard matrix / 2.
+HADAMARD_COLUMNS = 0.5 * torch.tensor([[1.0, 1, 1], [1, -1, 1], [1, 1, -1], [1, -1, -1]])  # (latent 4, rgb 3)
+
+
+@pytest.mark.parametrize("family", ["sd", "sd3", "flux"])
+def test_linear_vae_encodes_and_decodes_colours_linearly(tmp_path, family):
+    """``vae="linear"``: encode = 2 x 2 average then ``A c``, decode = ``A^T z`` upsampled, as the pipeline loads
+    it back; the denoiser and text encoders are those of the default build (same seed, same weights)."""
+    import trl_extras.testing as testing
+
+    builder = {
+        "sd": "build_tiny_diffusion_pipeline",
+        "sd3": "build_tiny_sd3_pipeline",
+        "flux": "build_tiny_flux_pipeline",
+    }
+    build = getattr(testing, builder[family])
+    pipe = diffusers.DiffusionPipeline.from_pretrained(build(tmp_path / "linear", vae="linear"))
+    default = diffusers.DiffusionPipeline.from_pretrained(build(tmp_path / "random"))
+    denoiser = "unet" if family == "sd" else "transformer"
+    for name, value in getattr(default, denoiser).state_dict().items():
+        assert torch.equal(value, getattr(pipe, denoiser).state_dict()[name]), name
+
+    vae, generator = pipe.vae, torch.Generator().manual_seed(0)
+    pixels = torch.rand(3, 3, 32, 32, generator=generator) * 2 - 1
+    solid = (torch.rand(5, 3, 1, 1, generator=generator) * 2 - 1).expand(5, 3, 32, 32)
+    latents = torch.randn(3, 4, 16, 16, generator=generator) * 2
+    with torch.no_grad():
+        posterior = vae.encode(torch.cat([pixels, solid])).latent_dist
+        decoded_solid = vae.decode(posterior.mean[3:]).sample
+        decoded = vae.decode(latents).sample
+    averaged = torch.nn.functional.avg_pool2d(pixels, 2)
+    torch.testing.assert_close(posterior.mean[:3], torch.einsum("lc,nchw->nlhw", HADAMARD_COLUMNS, averaged),
+                               atol=1e-3, rtol=0)  # fmt: skip
+    assert posterior.std.max() < 1e-6
+    torch.testing.assert_close(decoded_solid, solid, atol=1e-3, rtol=0)  # solid colours round-trip
+    expected = torch.einsum("lc,nlhw->nchw", HADAMARD_COLUMNS, latents).repeat_interleave(2, 2).repeat_interleave(2, 3)
+    torch.testing.assert_close(decoded, expected, atol=1e-2, rtol=1e-3)
+    # scaled latents of random colours have unit variance, as a trained VAE's scaling_factor gives
+    shift = vae.config.shift_factor if family != "sd" else None
+    assert (shift is None) == (family == "sd")
+    scaled = (posterior.mean[3:] - (shift or 0.0)) * vae.config.scaling_factor
+    assert 0.5 < scaled.std() < 2
+
+    with pytest.raises(ValueError, match="vae must be 'random' or 'linear', got 'trained'"):
+        build(tmp_path / "bad", vae="trained")

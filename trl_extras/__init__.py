@@ -33,6 +33,9 @@ _LAZY_NAMES: dict[str, str] = {
     "build_tiny_tokenizer": "trl_extras.testing",
     "build_tiny_vlm": "trl_extras.testing",
     "build_tiny_diffusion_pipeline": "trl_extras.testing",
+    "build_tiny_sd3_pipeline": "trl_extras.testing",
+    "build_tiny_flux_pipeline": "trl_extras.testing",
+    "build_tiny_sana_pipeline": "trl_extras.testing",
     "load_tiny_vlm_processor": "trl_extras.testing",
     # preference data layer
     "PreferenceDataError": "trl_extras.data",

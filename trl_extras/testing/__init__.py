@@ -10,7 +10,8 @@ offline defaults load it back through the real ``from_pretrained(path)`` code pa
   ``load_tiny_vlm_processor`` loads that processor back even without torchvision.
 - ``build_tiny_diffusion_pipeline``: a text-to-image pipeline that ``DiffusionPipeline.from_pretrained`` loads;
   ``build_tiny_sd3_pipeline``, ``build_tiny_flux_pipeline``, ``build_tiny_sana_pipeline``: the same for SD3, Flux and
-  Sana (flow matching).
+  Sana (flow matching). ``vae="linear"`` (SD, SD3, Flux): a VAE whose decoded colours are a linear map of the
+  latents, for tests whose image reward must follow what the denoiser learnt.
 """
 
 from ._diffusion import (

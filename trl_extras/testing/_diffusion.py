@@ -24,6 +24,10 @@ way: ``SD3Transformer2DModel`` with two ``CLIPTextModelWithProjection`` encoders
 ``T5EncoderModel``; both with a ``FlowMatchEulerDiscreteScheduler`` and a T5 tokenizer whose unigram vocabulary is made
 here. ``build_tiny_sana_pipeline``: ``SanaTransformer2DModel`` with a ``Gemma2Model`` text encoder (a BPE
 ``GemmaTokenizer`` made here) and a deterministic ``AutoencoderDC`` (DC-AE).
+
+The SD, SD3 and Flux builders take ``vae="linear"`` for an ``AutoencoderKL`` whose weights are set (not learnt) so
+that it is linear: colours round-trip and a decoded image's colour follows its latent (`_linear_vae`). The default
+random VAE decodes almost any latent to the same colour, so a reward read off sampled images barely moves.
 """
 
 from __future__ import annotations
@@ -127,6 +131,7 @@ def build_tiny_diffusion_pipeline(
     seed: int = 0,
     sdxl: bool = False,
     prediction_type: str = "epsilon",
+    vae: str = "random",
 ) -> str:
     """Build a tiny seeded text-to-image pipeline, save it to ``directory`` and return the path.
 
@@ -137,12 +142,14 @@ def build_tiny_diffusion_pipeline(
             micro-conditioning) instead of a ``StableDiffusionPipeline``.
         prediction_type: what the UNet predicts, set on the ``DDPMScheduler``: ``"epsilon"`` (noise, as SD 1.5 and
             SDXL) or ``"v_prediction"`` (velocity, as SD 2.x at 768 px).
+        vae: ``"random"`` (a random ``AutoencoderKL`` calibrated as a trained one: near-deterministic posterior,
+            unit-variance latents) or ``"linear"`` (set so a decoded image's colour is a linear map of the latent;
+            for tests whose reward reads colours of sampled images, see `_linear_vae`).
 
     Builds in about a second on a CPU. Images are 32 x 32 pixels.
     """
     import torch
     from diffusers import (
-        AutoencoderKL,
         DDPMScheduler,
         StableDiffusionPipeline,
         StableDiffusionXLPipeline,
@@ -152,6 +159,7 @@ def build_tiny_diffusion_pipeline(
 
     if prediction_type not in ("epsilon", "v_prediction"):
         raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {prediction_type!r}")
+    _check_vae(vae)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
 
@@ -183,18 +191,7 @@ def build_tiny_diffusion_pipeline(
             use_linear_projection=True,
         )
     unet = UNet2DConditionModel(**unet_kwargs)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=TINY_RESOLUTION,
-    )
-    _calibrate_vae(vae)
+    autoencoder = _vae(vae)
     scheduler = DDPMScheduler(
         num_train_timesteps=1000,
         beta_start=0.00085,
@@ -206,7 +203,7 @@ def build_tiny_diffusion_pipeline(
     )
     if sdxl:
         pipeline = StableDiffusionXLPipeline(
-            vae=vae,
+            vae=autoencoder,
             text_encoder=text_encoder,
             text_encoder_2=text_encoder_2,
             tokenizer=tokenizer,
@@ -217,7 +214,7 @@ def build_tiny_diffusion_pipeline(
         )
     else:
         pipeline = StableDiffusionPipeline(
-            vae=vae,
+            vae=autoencoder,
             text_encoder=text_encoder,
             tokenizer=tokenizer,
             unet=unet,
@@ -293,19 +290,116 @@ def _tiny_vae(shift: bool = False):
     return vae
 
 
-def build_tiny_sd3_pipeline(directory: str | os.PathLike, seed: int = 0) -> str:
+#: The linear VAE's colour -> latent map: the first three columns of the 4 x 4 Hadamard matrix / 2 (orthonormal
+#: columns), so every latent channel mixes the three colours and the decoder's map back is the transpose.
+_LINEAR_VAE_COLOURS = (
+    (0.5, 0.5, 0.5),
+    (0.5, -0.5, 0.5),
+    (0.5, 0.5, -0.5),
+    (0.5, -0.5, -0.5),
+)
+
+
+def _linear_vae(shift: bool = False):
+    """An ``AutoencoderKL`` (32 px <-> 4 x 16 x 16) whose weights are set, not learnt, so that it is linear:
+    ``encode`` averages each 2 x 2 block of pixels and maps its colour ``c`` (in ``[-1, 1]``) to ``A c`` (``A`` =
+    `_LINEAR_VAE_COLOURS`, posterior std ~3e-7), ``decode`` maps a latent ``z`` to the colour ``A^T z`` upsampled 2 x
+    2. So ``decode(encode(x)) = x`` for solid colours, and the colour of a decoded image is a fixed linear function of
+    the latent the denoiser made, as a trained VAE's is near its data (a random one decodes almost every latent to
+    the same grey). The image reward of samples then follows what the denoiser learnt.
+
+    How: every residual block's second convolution is zero (the block is its shortcut: identity, or a channel
+    selection where widths change), the mid-block has no attention, 3 x 3 convolutions use their centre tap and the
+    up/downsamplers copy/average. Each signal ``a`` rides as ``(a, -a, K, -K)`` in one normalisation group (``K`` =
+    100 from the input convolution's bias): the group's mean is 0 and its std ~``K / sqrt(2)`` whatever ``a`` is, so
+    the output ``GroupNorm`` scales by a constant (to a relative 5e-5), and ``silu(y) - silu(-y) = y`` undoes the
+    activation exactly. ``scaling_factor`` (and ``shift_factor`` with ``shift=True``) are set as `_tiny_vae` sets them.
+    """
+    import torch
+    from diffusers import AutoencoderKL
+
+    anchor = 100.0
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=TINY_RESOLUTION,
+        mid_block_add_attention=False,
+    )
+    colours = torch.tensor(_LINEAR_VAE_COLOURS)  # (latent 4, rgb 3)
+    with torch.no_grad():
+        for parameter in vae.parameters():
+            parameter.zero_()
+        encoder, decoder = vae.encoder, vae.decoder
+
+        def carry(conv, rows, width):
+            """``conv``'s centre tap: signal ``i`` (row ``i`` of ``rows``) as channels ``width*i + (0, 1, 2, 3)`` =
+            ``(a, -a, K, -K)``."""
+            for i, row in enumerate(rows):
+                conv.weight[width * i, :, 1, 1] = row
+                conv.weight[width * i + 1, :, 1, 1] = -row
+                conv.bias[width * i + 2], conv.bias[width * i + 3] = anchor, -anchor
+
+        def read(conv, count, width):
+            for i in range(count):  # silu(a) - silu(-a) = a
+                conv.weight[i, width * i, 1, 1], conv.weight[i, width * i + 1, 1, 1] = 1.0, -1.0
+
+        # encoder: 3 -> 16 channels (4 latent signals x 4), average 2 x 2, 16 -> 32 (group width 8), out: mean 4 +
+        # log-variance 4 (-30: the clamp's floor)
+        carry(encoder.conv_in, colours, 4)
+        encoder.down_blocks[0].downsamplers[0].conv.weight[range(16), range(16), :2, :2] = 0.25
+        shortcut = encoder.down_blocks[1].resnets[0].conv_shortcut.weight
+        for i in range(4):
+            shortcut[range(8 * i, 8 * i + 4), range(4 * i, 4 * i + 4), 0, 0] = 1.0
+        encoder.conv_norm_out.weight.fill_(anchor / 2)  # group (a, -a, K, -K, 0, 0, 0, 0): std sqrt(a^2 + K^2) / 2
+        read(encoder.conv_out, 4, 8)
+        encoder.conv_out.bias[4:] = -30.0
+        vae.quant_conv.weight[range(8), range(8), 0, 0] = 1.0
+        # decoder: latent -> 3 colours x 4 channels, copy through (32 wide, then the first 16), upsample, out: RGB
+        vae.post_quant_conv.weight[range(4), range(4), 0, 0] = 1.0
+        carry(decoder.conv_in, colours.T, 4)
+        decoder.up_blocks[0].upsamplers[0].conv.weight[range(32), range(32), 1, 1] = 1.0
+        decoder.up_blocks[1].resnets[0].conv_shortcut.weight[range(16), range(16), 0, 0] = 1.0
+        decoder.conv_norm_out.weight.fill_(anchor / 2**0.5)  # group (a, -a, K, -K): std sqrt((a^2 + K^2) / 2)
+        read(decoder.conv_out, 3, 4)
+
+        probe = torch.rand(32, 3, 1, 1).expand(32, 3, TINY_RESOLUTION, TINY_RESOLUTION) * 2 - 1
+        means = vae.encode(probe).latent_dist.mean
+    vae.register_to_config(scaling_factor=round(1.0 / means.std().item(), 5))
+    if shift:
+        vae.register_to_config(shift_factor=round(means.mean().item(), 5))
+    return vae
+
+
+def _check_vae(kind: str) -> None:
+    if kind not in ("random", "linear"):
+        raise ValueError(f"vae must be 'random' or 'linear', got {kind!r}")
+
+
+def _vae(kind: str, shift: bool = False):
+    return _linear_vae(shift=shift) if kind == "linear" else _tiny_vae(shift=shift)
+
+
+def build_tiny_sd3_pipeline(directory: str | os.PathLike, seed: int = 0, vae: str = "random") -> str:
     """Build a tiny seeded ``StableDiffusion3Pipeline``, save it to ``directory`` and return the path.
 
     Components as Stable Diffusion 3 / 3.5: an ``SD3Transformer2DModel`` (2 joint blocks, patch size 2, 4 latent
     channels), two ``CLIPTextModelWithProjection`` encoders whose penultimate hidden states (16 + 16 wide, zero-padded
     to 32) and pooled projections (16 + 16 = 32, ``pooled_projections``) condition it, a ``T5EncoderModel`` (width 32)
     whose hidden states are appended to the sequence, the tiny VAE with a ``shift_factor``, and a
-    ``FlowMatchEulerDiscreteScheduler`` with SD3's static ``shift=3.0``. Images are 32 x 32 pixels.
+    ``FlowMatchEulerDiscreteScheduler`` with SD3's static ``shift=3.0``. Images are 32 x 32 pixels. ``vae`` as in
+    `build_tiny_diffusion_pipeline` (``"linear"``: decoded colours follow the latents).
     """
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import CLIPTextModelWithProjection
 
+    _check_vae(vae)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -331,7 +425,7 @@ def build_tiny_sd3_pipeline(directory: str | os.PathLike, seed: int = 0) -> str:
     pipeline = StableDiffusion3Pipeline(
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0),
-        vae=_tiny_vae(shift=True),
+        vae=_vae(vae, shift=True),
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         text_encoder_2=text_encoder_2,
@@ -343,7 +437,9 @@ def build_tiny_sd3_pipeline(directory: str | os.PathLike, seed: int = 0) -> str:
     return str(directory)
 
 
-def build_tiny_flux_pipeline(directory: str | os.PathLike, seed: int = 0, layout: str = "dev") -> str:
+def build_tiny_flux_pipeline(
+    directory: str | os.PathLike, seed: int = 0, layout: str = "dev", vae: str = "random"
+) -> str:
     """Build a tiny seeded ``FluxPipeline``, save it to ``directory`` and return the path.
 
     Components as Flux.1: a ``FluxTransformer2DModel`` (1 double-stream and 1 single-stream block) over packed
@@ -351,7 +447,8 @@ def build_tiny_flux_pipeline(directory: str | os.PathLike, seed: int = 0, layout
     whose pooled output is ``pooled_projections``, a ``T5EncoderModel`` whose hidden states are the text tokens, the
     tiny VAE with a ``shift_factor``, and a ``FlowMatchEulerDiscreteScheduler``. ``layout="dev"`` (Flux.1-dev): a
     guidance embedding and the resolution-dependent (dynamic) timestep shift; ``layout="schnell"``: no guidance
-    embedding and a static shift of 1, as Flux.1-schnell ships. Images are 32 x 32 pixels.
+    embedding and a static shift of 1, as Flux.1-schnell ships. Images are 32 x 32 pixels. ``vae`` as in
+    `build_tiny_diffusion_pipeline` (``"linear"``: decoded colours follow the latents).
     """
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
@@ -359,6 +456,7 @@ def build_tiny_flux_pipeline(directory: str | os.PathLike, seed: int = 0, layout
 
     if layout not in ("dev", "schnell"):
         raise ValueError(f"layout must be 'dev' or 'schnell', got {layout!r}")
+    _check_vae(vae)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -387,7 +485,7 @@ def build_tiny_flux_pipeline(directory: str | os.PathLike, seed: int = 0, layout
         scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
     pipeline = FluxPipeline(
         scheduler=scheduler,
-        vae=_tiny_vae(shift=True),
+        vae=_vae(vae, shift=True),
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         text_encoder_2=text_encoder_2,
