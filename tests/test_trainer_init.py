@@ -23,7 +23,9 @@ def test_default_config_is_named_after_the_model():
 
 
 def test_parent_config_is_refused_naming_both_classes():
-    with pytest.raises(TypeError, match=r"ChildTrainer needs `args` to be a ChildConfig, got ParentConfig.*ParentConfig"):
+    with pytest.raises(
+        TypeError, match=r"ChildTrainer needs `args` to be a ChildConfig, got ParentConfig.*ParentConfig"
+    ):
         resolve_args(ParentConfig(), ChildConfig, "m", "ChildTrainer", "Child")
 
 
