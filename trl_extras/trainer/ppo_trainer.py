@@ -40,7 +40,6 @@ from .value_model import (
     add_value_param_groups,
     build_value_model,
     check_value_model,
-    check_value_model_vocabulary,
 )
 
 
@@ -107,15 +106,10 @@ class PPOTrainer(PPOCheckpointMixin, CheckpointSafetyMixin, _ppo_legacy.LegacyPP
         if _trl_compat.is_vlm(self):
             raise NotImplementedError("PPOTrainer supports text-only policies: its value model reads token ids only.")
 
-        check_value_model_vocabulary(
-            value_model,
-            reward_funcs,
-            args,
-            _trl_compat.tokenizer(self),
-            self.reward_processing_classes,
-            self.reward_func_names,
-        )
-        check_value_model(self.value_model, _trl_compat.tokenizer(self), args)  # embeddings, trainable, dropout
+        check_value_model(  # vocabulary and embeddings against the policy's tokenizer, trainable parameters
+            self.value_model, value_model, reward_funcs, args, _trl_compat.tokenizer(self),
+            self.reward_processing_classes, self.reward_func_names,
+        )  # fmt: skip
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
             # The engine shards and syncs the module it prepares: give it policy and critic as one module
             # (`_prepare_for_training`), called through its root for both heads (`_per_token_values`)
@@ -129,8 +123,6 @@ class PPOTrainer(PPOCheckpointMixin, CheckpointSafetyMixin, _ppo_legacy.LegacyPP
 
         self.kl_ctl = KLController(value=args.kl_coef, target=args.kl_target, horizon=args.kl_horizon)
 
-    # ---- value model --------------------------------------------------------------------------------------------
-
     def _per_token_values(self, input_ids, attention_mask, logits_to_keep, batch_size=None) -> torch.Tensor:
         with self.accelerator.autocast():
             if self._policy_and_value is None:
@@ -141,16 +133,12 @@ class PPOTrainer(PPOCheckpointMixin, CheckpointSafetyMixin, _ppo_legacy.LegacyPP
                 engine = self._policy_and_value
             return engine(input_ids, attention_mask, logits_to_keep, batch_size, head="value")
 
-    # ---- engines ------------------------------------------------------------------------------------------------
-
     def _prepare_for_training(self, max_steps, train_dataloader, resume_from_checkpoint):
         # DeepSpeed / FSDP: the engine prepares (and, under FSDP, becomes) `self.model`; make that policy and critic
         # together, so that one engine shards, syncs, clips and checkpoints both
         if self._policy_and_value is not None and self.model is not self._policy_and_value:
             self.model = self.model_wrapped = self._policy_and_value
         return super()._prepare_for_training(max_steps, train_dataloader, resume_from_checkpoint)
-
-    # ---- rollout ------------------------------------------------------------------------------------------------
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)  # (N, K)
@@ -231,9 +219,8 @@ class PPOTrainer(PPOCheckpointMixin, CheckpointSafetyMixin, _ppo_legacy.LegacyPP
         return masked_moments(x, mask, lambda t: self.accelerator.reduce(t, reduction="sum"))
 
     def _prepare_inputs(self, generation_batch):
-        # The parent splits each rollout into minibatches once and replays them for every epoch. PPO reshuffles at
-        # each epoch, as the classic implementation does: re-split the stored rollout when an epoch (not a rollout)
-        # starts.
+        # The parent splits each rollout into minibatches once and replays them for every epoch; PPO reshuffles at
+        # each epoch, as the classic implementation does: re-split the stored rollout when an epoch starts
         steps_per_rollout = self.args.steps_per_generation
         if (
             self.model.training
@@ -245,9 +232,8 @@ class PPOTrainer(PPOCheckpointMixin, CheckpointSafetyMixin, _ppo_legacy.LegacyPP
             rollout = _rollout.require(self, "batch", reader="PPOTrainer._prepare_inputs")
             _trl_compat.set_buffered_inputs(self, split_tensor_dict(shuffle_sequence_dict(rollout), steps_per_rollout))
         inputs = super()._prepare_inputs(generation_batch)
-        # The loss is a token mean over the optimizer step's tokens: every micro-batch of the accumulation window,
-        # on every process. Count them here, once per micro-batch, so that 2 processes x 4 rows = 1 x 8 rows and
-        # gradient accumulation = the full batch.
+        # The loss is a token mean over the optimizer step's tokens (every micro-batch of the accumulation window, on
+        # every process), counted here: 2 processes x 4 rows = 1 x 8 rows, and gradient accumulation = the full batch
         if self.model.training:
             ga = self.args.gradient_accumulation_steps
             start = _trl_compat.step(self) % steps_per_rollout // ga * ga
@@ -255,8 +241,6 @@ class PPOTrainer(PPOCheckpointMixin, CheckpointSafetyMixin, _ppo_legacy.LegacyPP
         else:
             local = inputs["ppo_mask"].sum()
         return {**inputs, "ppo_num_tokens": self.accelerator.reduce(local.float(), reduction="sum")}
-
-    # ---- loss ---------------------------------------------------------------------------------------------------
 
     def _compute_loss(self, model, inputs):
         mode = "train" if self.model.training else "eval"
@@ -295,8 +279,6 @@ class PPOTrainer(PPOCheckpointMixin, CheckpointSafetyMixin, _ppo_legacy.LegacyPP
             (policy_loss, value_loss), (policy_clipped, value_clipped), aux_loss,
         )  # fmt: skip
         return loss
-
-    # ---- optimizer ----------------------------------------------------------------------------------------------
 
     def create_optimizer(self, model=None):
         given = self.optimizer is not None

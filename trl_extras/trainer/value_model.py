@@ -328,21 +328,27 @@ def check_value_model_vocabulary(
     )
 
 
-def check_value_model(value_model: nn.Module, tokenizer, args) -> None:
-    """The critic reads the policy's token ids and trains: enough embeddings for ``tokenizer``, some trainable
+def check_value_model(
+    critic, value_model, reward_funcs, args, tokenizer, reward_processing_classes, reward_func_names
+) -> None:
+    """The critic reads the policy's token ids and trains: the same vocabulary as the policy's ``tokenizer``
+    (``check_value_model_vocabulary``, which takes the other arguments), enough embeddings, some trainable
     parameters; then ``args.disable_dropout`` and ``args.gradient_checkpointing`` applied to it as to the policy."""
-    num_embeddings = value_model.get_input_embeddings().num_embeddings
+    check_value_model_vocabulary(
+        value_model, reward_funcs, args, tokenizer, reward_processing_classes, reward_func_names
+    )
+    num_embeddings = critic.get_input_embeddings().num_embeddings
     if num_embeddings < len(tokenizer):
         raise ValueError(
             f"The value model has {num_embeddings} token embeddings but the policy's tokenizer has "
             f"{len(tokenizer)} tokens: the value model reads the policy's token ids, so it must share its tokenizer."
         )
-    if not any(p.requires_grad for p in value_model.parameters()):
+    if not any(p.requires_grad for p in critic.parameters()):
         raise ValueError("The value model has no trainable parameters (every `requires_grad` is False).")
     if args.disable_dropout:
-        disable_dropout_in_model(value_model)
-    if args.gradient_checkpointing and getattr(value_model, "supports_gradient_checkpointing", False):
-        value_model.gradient_checkpointing_enable(
+        disable_dropout_in_model(critic)
+    if args.gradient_checkpointing and getattr(critic, "supports_gradient_checkpointing", False):
+        critic.gradient_checkpointing_enable(
             gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs or {"use_reentrant": False}
         )
 
