@@ -106,7 +106,7 @@ class PPOTrainer(PPOCheckpointMixin, CheckpointSafetyMixin, _ppo_legacy.LegacyPP
         if _trl_compat.is_vlm(self):
             raise NotImplementedError("PPOTrainer supports text-only policies: its value model reads token ids only.")
 
-        check_value_model(  # vocabulary and embeddings against the policy's tokenizer, trainable parameters
+        check_value_model(  # vocabulary, embeddings, trainable parameters; dropout and checkpointing as the policy
             self.value_model, value_model, reward_funcs, args, _trl_compat.tokenizer(self),
             self.reward_processing_classes, self.reward_func_names,
         )  # fmt: skip
