@@ -45,3 +45,28 @@ def test_validate_datasets_checks_every_split_and_skips_none():
         check, Dataset.from_dict({"a": [1, 2]}), {"x": Dataset.from_dict({"a": [1]})}, None
     )
     assert seen == [2, 1] and train["checked"] == [True, True] and evals["x"]["checked"] == [True] and none is None
+
+
+def test_default_config_of_a_model_object_uses_instance_name_when_given():
+    class Model:  # a loaded model whose config names its source
+        class config:  # noqa: N801
+            _name_or_path = "org/loaded-model"
+
+    assert resolve_args(None, ChildConfig, Model(), "ChildTrainer", "Child").output_dir == "loaded-model-Child"
+    # A diffusers pipeline object is named "pipeline", whatever it was loaded from
+    named = resolve_args(None, ChildConfig, Model(), "ChildTrainer", "Child", "pipeline")
+    assert named.output_dir == "pipeline-Child"
+
+
+def test_validate_datasets_passes_streaming_datasets_only_with_every():
+    streamed = Dataset.from_dict({"a": [1, 2, 3]}).to_iterable_dataset()
+    seen = []
+
+    def check(dataset):
+        seen.append(type(dataset).__name__)
+        return dataset
+
+    (skipped,) = validate_datasets(check, streamed)
+    assert skipped is streamed and seen == []
+    train, evals, none = validate_datasets(check, streamed, {"x": streamed}, None, every=True)
+    assert seen == ["IterableDataset", "IterableDataset"] and none is None

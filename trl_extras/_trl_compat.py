@@ -15,10 +15,13 @@ import contextlib
 import contextvars
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import trl.trainer.dpo_trainer as _dpo_trainer_module
-from trl import GRPOConfig
+# TRL itself is imported inside the functions that need it (and `BaseConfig` / `BaseTrainer` on first use, see the
+# module's `__getattr__`): `from trl import GRPOConfig` costs ~3 s and TRL's trainer base ~1 s more, which the CLI's
+# launcher process (`resolve_accelerate_config`, before `accelerate launch`) would otherwise pay on every command.
+if TYPE_CHECKING:
+    from trl import GRPOConfig
 
 # Private hooks of TRL trainers that our trainers override (or whose parent version they call via ``super()``),
 # with the parameters we rely on. ``tests/test_trl_surface.py`` checks these against the installed TRL.
@@ -218,6 +221,8 @@ def dpo_without_reference_model_load(trainer) -> Iterator[None]:
     which trainer wants no reference is a context variable, so a plain ``DPOTrainer`` built in another thread at the
     same time still loads its reference model.
     """
+    import trl.trainer.dpo_trainer as _dpo_trainer_module
+
     global _reference_patch_users, _original_create_model_from_path
     with _reference_patch_lock:
         if _reference_patch_users == 0:
@@ -252,6 +257,8 @@ def grpo_post_init_one_generation(config: GRPOConfig) -> None:
     a 1 that passes that single comparison, then gets a plain int back. The surface test fails if TRL writes the
     check another way (``<= 1``, ``== 1``).
     """
+    from trl import GRPOConfig
+
     config.num_generations = _OneGenerationPerPrompt(1)
     try:
         GRPOConfig.__post_init__(config)
@@ -270,8 +277,20 @@ def grpo_post_init_one_generation(config: GRPOConfig) -> None:
 #   That card is all we use it for; ``loss_is_scaled_for_ga`` is transformers' own attribute since 5.19.
 # - ``BaseConfig`` (``trl.trainer.base_config._BaseConfig``) subclasses ``TrainingArguments`` with TRL's defaults
 #   ``logging_steps=10``, ``gradient_checkpointing=True`` and ``bf16=None``, made ``not fp16`` by ``__post_init__``.
-from trl.trainer.base_config import _BaseConfig as BaseConfig  # noqa: E402, F401
-from trl.trainer.base_trainer import _BaseTrainer as BaseTrainer  # noqa: E402, F401
+
+
+def __getattr__(name: str) -> Any:
+    """``BaseConfig`` and ``BaseTrainer``, imported from TRL on first use (see the imports at the top)."""
+    if name == "BaseConfig":
+        from trl.trainer.base_config import _BaseConfig as BaseConfig
+
+        return BaseConfig
+    if name == "BaseTrainer":
+        from trl.trainer.base_trainer import _BaseTrainer as BaseTrainer
+
+        return BaseTrainer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 OVERRIDDEN_HOOKS["BaseTrainer"] = {
     # TRL's usage ping reads ``self.model.config.model_type``, which diffusers models lack: DiffusionDPOTrainer's sends

@@ -17,12 +17,24 @@ from trl.trainer.utils import get_config_model_id
 ConfigT = TypeVar("ConfigT")
 
 
-def resolve_args(args: Any, config_class: type[ConfigT], model: Any, trainer_name: str, suffix: str) -> ConfigT:
-    """``args``, or a default ``config_class`` whose ``output_dir`` is ``<model name>-<suffix>`` (TRL's convention).
+def resolve_args(
+    args: Any,
+    config_class: type[ConfigT],
+    model: Any,
+    trainer_name: str,
+    suffix: str,
+    instance_name: str | None = None,
+) -> ConfigT:
+    """``args``, or a default ``config_class`` whose ``output_dir`` is ``<model name>-<suffix>`` (TRL's convention):
+    the last part of ``model``'s path, or for a model object its config's ``_name_or_path``, or ``instance_name``
+    when given (a loaded diffusers pipeline is named ``pipeline``).
 
     Raises ``TypeError`` naming the expected class when ``args`` is another config (e.g. the parent's)."""
     if args is None:
-        model_name = model if isinstance(model, str) else get_config_model_id(model.config)
+        if isinstance(model, str):
+            model_name = model
+        else:
+            model_name = instance_name if instance_name is not None else get_config_model_id(model.config)
         return config_class(f"{str(model_name).rstrip('/').split('/')[-1]}-{suffix}")
     if not isinstance(args, config_class):
         parent = next((c.__name__ for c in config_class.__mro__[1:] if c.__name__.endswith("Config")), "the parent")
@@ -34,14 +46,15 @@ def resolve_args(args: Any, config_class: type[ConfigT], model: Any, trainer_nam
     return args
 
 
-def validate_datasets(check: Callable[[Dataset], Dataset], *datasets: Any) -> tuple[Any, ...]:
+def validate_datasets(check: Callable[[Any], Any], *datasets: Any, every: bool = False) -> tuple[Any, ...]:
     """Each dataset passed through ``check`` (a ``trl_extras.data`` validator that raises naming the row and column,
-    and returns the dataset normalised); ``dict`` values (named eval splits) one by one; ``None`` and streaming
-    datasets unchanged (they cannot be scanned up front)."""
+    and returns the dataset normalised); ``dict`` values (named eval splits) one by one; ``None`` unchanged, and
+    streaming and other datasets too (they cannot be scanned up front) unless ``every``: then ``check`` gets them
+    and handles them itself (Diffusion-DPO validates streamed image pairs as they are read)."""
 
     def one(dataset):
         if isinstance(dataset, dict):
             return {name: one(split) for name, split in dataset.items()}
-        return check(dataset) if isinstance(dataset, Dataset) else dataset
+        return check(dataset) if isinstance(dataset, Dataset) or (every and dataset is not None) else dataset
 
     return tuple(one(dataset) for dataset in datasets)

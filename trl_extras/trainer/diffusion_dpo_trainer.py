@@ -11,13 +11,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import TrainerCallback, default_data_collator
+from transformers import default_data_collator
 from transformers.trainer import TRAINING_ARGS_NAME
 
 from .. import _trl_compat
 from ..checkpointing import CheckpointSafetyMixin
-from ..collators.diffusion import DiffusionPreferenceCollator, DiffusionPromptCollator
+from ..collators.diffusion import DiffusionPromptCollator
 from ..losses.diffusion_dpo import denoising_errors, diffusion_dpo_loss, diffusion_sft_loss, implicit_accuracy
+from ._init import resolve_args
 from .diffusion import DEFAULT_UNET_LORA_TARGETS, DiffusionFamily, encoding, family_for, loading
 from .diffusion.data import check_datasets
 from .diffusion.encoding import CACHED_COLUMNS, DATA_COLUMNS, NoisedLatents
@@ -87,29 +88,28 @@ class DiffusionDPOTrainer(CheckpointSafetyMixin, _trl_compat.BaseTrainer):
         self,
         model: str | DiffusionPipeline,
         args: DiffusionDPOConfig | None = None,
-        train_dataset: Dataset | None = None,
-        eval_dataset: Dataset | dict[str, Dataset] | None = None,
-        data_collator: DiffusionPreferenceCollator | None = None,
-        callbacks: list[TrainerCallback] | None = None,
-        optimizers: tuple = (None, None),
+        *,
         peft_config: LoraConfig | None = None,
         quantization_config: Any = None,
         reward_funcs: Callable | list[Callable] | None = None,
+        **kwargs,
     ):
         """``model``: a pipeline path / Hub id (loaded with ``args.model_init_kwargs``) or a loaded pipeline, trained
         in place. ``peft_config``: LoRA (``target_modules=None``: the family's default). ``quantization_config``:
         QLoRA, a `diffusers.BitsAndBytesConfig` with ``peft_config`` or a `trl_extras.QLoRAConfig` (CUDA, ``model`` a
         path). ``reward_funcs``: online pairs, ``f(prompts, completions: list[PIL.Image], **columns) -> list[float]``.
+        The rest (``train_dataset``, ``eval_dataset``, ``data_collator``, ``callbacks``, ``optimizers``, ...) is
+        `transformers.Trainer`'s.
         """
-        if args is None:
-            name = model if isinstance(model, str) else "pipeline"
-            args = DiffusionDPOConfig(f"{os.path.basename(str(name).rstrip('/'))}-DiffusionDPO")
-        if train_dataset is None:
+        args = resolve_args(args, DiffusionDPOConfig, model, "DiffusionDPOTrainer", "DiffusionDPO", "pipeline")
+        if kwargs.get("train_dataset") is None:
             raise ValueError("DiffusionDPOTrainer needs a `train_dataset`.")
         self.reward_funcs = check_online(reward_funcs, args)
         self.online = bool(self.reward_funcs)
         # Data first: a bad row fails before any model is loaded.
-        train_dataset, eval_dataset = check_datasets(train_dataset, eval_dataset, args, self.online)
+        kwargs["train_dataset"], kwargs["eval_dataset"] = check_datasets(
+            kwargs["train_dataset"], kwargs.get("eval_dataset"), args, self.online
+        )
 
         peft_config, quantization_config = loading.resolve_qlora(peft_config, quantization_config)
         self.pipeline = loading.load_pipeline(model, args, quantization_config)
@@ -118,6 +118,7 @@ class DiffusionDPOTrainer(CheckpointSafetyMixin, _trl_compat.BaseTrainer):
         self.prediction_type = self.family.prediction_type
         self.resolution = loading.training_resolution(self.family, args)
         self.image_collator = self.family.make_collator(self.resolution)
+        data_collator = kwargs.pop("data_collator", None)
         if data_collator is None:
             data_collator = DiffusionPromptCollator(self.image_collator) if self.online else self.image_collator
         elif not self.online:
@@ -127,14 +128,7 @@ class DiffusionDPOTrainer(CheckpointSafetyMixin, _trl_compat.BaseTrainer):
         self._eval_generator: torch.Generator | None = None
 
         super().__init__(
-            model=self.family.denoiser,
-            args=args,
-            data_collator=data_collator,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=None,
-            callbacks=callbacks,
-            optimizers=optimizers,
+            model=self.family.denoiser, args=args, data_collator=data_collator, processing_class=None, **kwargs
         )
         self.ref_model = loading.place_on_device(self)
         if args.cache_latents and not self.online:

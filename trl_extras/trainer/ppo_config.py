@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from trl import GRPOConfig
@@ -316,3 +316,32 @@ class PPOConfig(GRPOConfig):
 
 
 PPOConfig.__init__ = _ppo_legacy.reject_removed_config_fields(PPOConfig.__init__)
+
+
+# GRPO loss knobs that PPOTrainer's loss does not read: setting them is an error rather than a silent no-op.
+_GRPO_LOSS_FIELDS = (
+    "loss_type",
+    "epsilon",
+    "epsilon_high",
+    "delta",
+    "importance_sampling_level",
+    "scale_rewards",
+    "multi_objective_aggregation",
+    "top_entropy_quantile",
+    "entropy_coef",
+    "use_adaptive_entropy",
+    "off_policy_mask_threshold",
+    "use_bias_correction_kl",
+)
+
+
+def check_grpo_loss_fields(args: PPOConfig) -> None:
+    """PPOTrainer replaces GRPO's loss: a GRPO loss field set away from its default is an error, not a no-op."""
+    defaults = {f.name: f.default for f in fields(GRPOConfig)}
+    for name in _GRPO_LOSS_FIELDS:
+        if getattr(args, name) != defaults[name]:
+            raise ValueError(
+                f"`{name}` ({getattr(args, name)!r}) configures GRPO's loss, which PPOTrainer replaces with the PPO "
+                "loss; leave it at its default. PPO's own knobs are `cliprange`, `cliprange_value`, `vf_coef`, "
+                "`kl_coef`, `gamma` and `lam`."
+            )

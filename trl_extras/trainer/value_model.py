@@ -23,12 +23,16 @@ import os
 
 import torch
 from torch import nn
-from transformers import AutoModelForSequenceClassification, PreTrainedModel
+from transformers import AutoModelForSequenceClassification, PreTrainedModel, TrainerCallback
+from trl.trainer.utils import disable_dropout_in_model
 
 __all__ = [
     "PerTokenValueModel",
     "PolicyAndValueWrapper",
+    "ZeroGradAfterStep",
+    "add_value_param_groups",
     "build_value_model",
+    "check_value_model",
     "check_value_model_vocabulary",
     "has_new_value_head",
     "load_value_weights",
@@ -253,7 +257,19 @@ def load_value_weights(model: nn.Module, directory: str) -> None:
 
 def build_value_model(value_model, model, reward_funcs, args) -> nn.Module:
     """PPOTrainer's critic: `value_model` as given (a path or a module), or initialised as `args.value_model_init`
-    says, from the first reward model in `reward_funcs` or from the policy `model` (a path or a module)."""
+    says, from the first reward model in `reward_funcs` or from the policy `model` (a path or a module).
+
+    A new value head is drawn from `args.seed`, so that it is the same in every run and every process (the Trainer
+    seeds only later), and zeroed when `args.value_head_init == "zero"`."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed)
+        critic = _critic(value_model, model, reward_funcs, args)
+    if args.value_head_init == "zero" and has_new_value_head(critic):
+        zero_value_head(critic)
+    return critic
+
+
+def _critic(value_model, model, reward_funcs, args) -> nn.Module:
     init_kwargs = args.value_model_init_kwargs or {}
     if isinstance(value_model, str):
         return value_model_from_pretrained(value_model, **init_kwargs)
@@ -310,3 +326,58 @@ def check_value_model_vocabulary(
         "classifier that shares the policy's tokenizer, or set `value_model_init='policy'` to build the critic "
         "from the policy."
     )
+
+
+def check_value_model(
+    critic, value_model, reward_funcs, args, tokenizer, reward_processing_classes, reward_func_names
+) -> None:
+    """The critic reads the policy's token ids and trains: the same vocabulary as the policy's ``tokenizer``
+    (``check_value_model_vocabulary``, which takes the other arguments), enough embeddings, some trainable
+    parameters; then ``args.disable_dropout`` and ``args.gradient_checkpointing`` applied to it as to the policy."""
+    check_value_model_vocabulary(
+        value_model, reward_funcs, args, tokenizer, reward_processing_classes, reward_func_names
+    )
+    num_embeddings = critic.get_input_embeddings().num_embeddings
+    if num_embeddings < len(tokenizer):
+        raise ValueError(
+            f"The value model has {num_embeddings} token embeddings but the policy's tokenizer has "
+            f"{len(tokenizer)} tokens: the value model reads the policy's token ids, so it must share its tokenizer."
+        )
+    if not any(p.requires_grad for p in critic.parameters()):
+        raise ValueError("The value model has no trainable parameters (every `requires_grad` is False).")
+    if args.disable_dropout:
+        disable_dropout_in_model(critic)
+    if args.gradient_checkpointing and getattr(critic, "supports_gradient_checkpointing", False):
+        critic.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs or {"use_reentrant": False}
+        )
+
+
+def add_value_param_groups(optimizer, value_model: nn.Module, decay: set[str], args, given: bool) -> None:
+    """Add the critic's trainable parameters that ``optimizer`` does not hold yet, in two groups: the names in
+    ``decay`` with ``args.weight_decay``, the rest without; at ``args.value_learning_rate`` when set. ``given``: the
+    optimizer was passed in by the user, so a missing critic is an error rather than something to add."""
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    named = [(n, p) for n, p in value_model.named_parameters() if p.requires_grad and id(p) not in held]
+    if named and given:
+        raise ValueError(
+            "The optimizer passed in `optimizers` does not hold the value model's trainable parameters; build it "
+            "over `list(model.parameters()) + list(value_model.parameters())`, or let the trainer create it."
+        )
+    lr = {} if args.value_learning_rate is None else {"lr": args.value_learning_rate}
+    for weight_decay, params in (
+        (args.weight_decay, [p for n, p in named if n in decay]),
+        (0.0, [p for n, p in named if n not in decay]),
+    ):
+        if params:
+            optimizer.add_param_group({"params": params, "weight_decay": weight_decay, **lr})
+
+
+class ZeroGradAfterStep(TrainerCallback):
+    """Zero a module's gradients where the Trainer zeroes the policy's: after every optimizer step."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.module.zero_grad(set_to_none=True)

@@ -6,6 +6,8 @@ from __future__ import annotations
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from .._init import validate_datasets
+
 if TYPE_CHECKING:
     from ..diffusion_dpo_config import DiffusionDPOConfig
 
@@ -24,12 +26,7 @@ def check_datasets(train_dataset: Any, eval_dataset: Any, args: DiffusionDPOConf
             f"train dataset has image-pair columns {sorted(columns)}. Pass prompts only (e.g. "
             "`dataset.select_columns(['caption'])`), or drop `reward_funcs` to train on these pairs."
         )
-    train_dataset = check(train_dataset)
-    if isinstance(eval_dataset, dict):
-        eval_dataset = {key: check(value) for key, value in eval_dataset.items()}
-    elif eval_dataset is not None:
-        eval_dataset = check(eval_dataset)
-    return train_dataset, eval_dataset
+    return validate_datasets(check, train_dataset, eval_dataset, every=True)
 
 
 def validate_pairs(dataset, args: DiffusionDPOConfig):
