@@ -307,6 +307,8 @@ def set_signature_columns(trainer, columns: list[str]) -> None:
     to ``None`` and ``_remove_unused_columns`` calls ``_set_signature_columns_if_needed()`` before reading it."""
     if trainer._signature_columns is None:
         trainer._signature_columns = list(columns)
+
+
 # ------------------------------------------------------------------------------- CLI (trl_extras/cli.py, scripts/)
 # What `trl-extras` borrows from TRL's own command line. `scripts/_common.py` also subclasses the public `TrlParser`,
 # overriding argparse's `error` and `parse_known_args` (checks run there): that relies on
