@@ -11,10 +11,12 @@
 import importlib.util
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -143,6 +145,22 @@ def _deepspeed_missing() -> str | None:
     return None
 
 
+def _before_reward_without_an_engine(eval_samples: int, max_new_tokens: int) -> str:
+    from transformers import AutoTokenizer
+
+    from trl_extras.tasks import registry
+
+    path = registry.resolve_builtin_model("builtin:sentiment-sft")
+    plain = SimpleNamespace(  # what `Evaluation.measure` reads of a trainer, with no engine
+        model=AutoModelForCausalLM.from_pretrained(path), processing_class=AutoTokenizer.from_pretrained(path),
+        accelerator=SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=None)),
+    )  # fmt: skip
+    evaluation = registry.evaluation_for(
+        "builtin:sentiment", "policy", num_samples=eval_samples, max_new_tokens=max_new_tokens
+    )
+    return evaluation.format(evaluation.measure(plain)[0])
+
+
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
 def test_ppo_cli_runs_two_steps_under_deepspeed_on_the_cpu(stage, builtin_cache, tmp_path):
     reason = _deepspeed_missing()
@@ -153,7 +171,7 @@ def test_ppo_cli_runs_two_steps_under_deepspeed_on_the_cpu(stage, builtin_cache,
     command = [
         str(Path(sys.executable).parent / "trl-extras"), "ppo", "--config", "configs/ppo.yaml",
         "--accelerate_config", f"configs/accelerate/{stage}.yaml", "--num_processes", "1", "--mixed_precision", "no",
-        "--max_steps", "2", "--learning_rate", "1e-3", "--logging_steps", "1", "--per_device_train_batch_size", "4", "--eval_samples", "0",
+        "--max_steps", "2", "--learning_rate", "1e-3", "--logging_steps", "1", "--per_device_train_batch_size", "4", "--eval_samples", "4",
         "--output_dir", str(out),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
@@ -161,6 +179,11 @@ def test_ppo_cli_runs_two_steps_under_deepspeed_on_the_cpu(stage, builtin_cache,
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert "DEEPSPEED" in result.stdout + result.stderr
+    # The before/after report ran (under ZeRO-3 on weights gathered from their partitions): the reward measured
+    # before training is the one the same measurement gives on the unpartitioned model, sample for sample
+    before = re.search(r"before training: ([-+]\d\.\d{4})", result.stdout)
+    assert before is not None and "-> after" in result.stdout, result.stdout[-3000:]
+    assert before.group(1) == _before_reward_without_an_engine(eval_samples=4, max_new_tokens=32)
     # the policy at output_dir and the critic in value_model/, gathered from the engine
     policy, policy_info = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
     critic, critic_info = AutoModelForSequenceClassification.from_pretrained(
