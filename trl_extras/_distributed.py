@@ -8,9 +8,10 @@ output, without a word. :func:`check_process_group` turns that into an error bef
 
 from __future__ import annotations
 
+import contextlib
 import os
 
-__all__ = ["LaunchError", "check_process_group", "has_accelerator"]
+__all__ = ["LaunchError", "check_process_group", "has_accelerator", "without_zero3_init"]
 
 
 class LaunchError(ValueError):
@@ -91,3 +92,27 @@ def engine_fallback_notice(distributed_type: str) -> str | None:
                 "(data parallel). See docs/cli.md, 'Several processes'."
             )
     return None
+
+
+@contextlib.contextmanager
+def without_zero3_init():
+    """Build or load models whole, also inside a DeepSpeed ZeRO-3 run.
+
+    Once a run's ``TrainingArguments`` name a ZeRO-3 config, transformers builds every model under
+    ``deepspeed.zero.Init``: its weights partitioned, empty on this process until an engine gathers them. Two kinds of
+    model never enter the engine and must be whole: a built-in model built into the cache during the run (it would
+    save empty weights, and every later run fail with ``size mismatch ... torch.Size([0])``), and the frozen parts of
+    a diffusion pipeline (text encoders, VAE). transformers offers no public switch, so the flag it reads (a weak
+    reference to the run's DeepSpeed config) is cleared inside the block and restored after it.
+    """
+    try:
+        from transformers.integrations import deepspeed as hf_deepspeed
+    except ImportError:
+        yield
+        return
+    saved = getattr(hf_deepspeed, "_hf_deepspeed_config_weak_ref", None)
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved

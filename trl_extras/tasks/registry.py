@@ -132,6 +132,7 @@ class Evaluation:
     measure: Callable  # (trainer) -> (value, [sample lines])
     higher_is_better: bool = True
     value_format: str = "+.4f"
+    calls_trainer_evaluate: bool = False  # `measure` runs `Trainer.evaluate`, which DeepSpeed refuses before `train`
 
     def format(self, value: float) -> str:
         return format(value, self.value_format)
@@ -222,7 +223,7 @@ def _shapes_evaluation(role: str, num_samples: int):
             f"log-probability margin of the true colour over a wrong one, mean over {len(dataset)} held-out images "
             "(nats; > 0: the model prefers the truth)"
         )
-        return Evaluation(description, measure)
+        return Evaluation(description, measure, calls_trainer_evaluate=True)
     if role == "diffusion":
         dataset = shapes.build_image_preference_dataset(num_samples, split="test")
 
@@ -235,5 +236,5 @@ def _shapes_evaluation(role: str, num_samples: int):
             f"denoising error on the dispreferred (cool) image minus on the preferred (warm) one, mean over "
             f"{len(dataset)} held-out pairs (> 0: the model favours the preferred images)"
         )
-        return Evaluation(description, measure, True, "+.5f")
+        return Evaluation(description, measure, True, "+.5f", calls_trainer_evaluate=True)
     return None
