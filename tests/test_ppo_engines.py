@@ -161,8 +161,8 @@ def _before_reward_without_an_engine(eval_samples: int, max_new_tokens: int) -> 
     return evaluation.format(evaluation.measure(plain)[0])
 
 
-@pytest.mark.parametrize("stage", ["zero2", "zero3"])
-def test_ppo_cli_runs_two_steps_under_deepspeed_on_the_cpu(stage, builtin_cache, tmp_path):
+@pytest.mark.parametrize("stage, processes", [("zero2", 1), ("zero3", 1), ("zero2", 2)])
+def test_ppo_cli_runs_two_steps_under_deepspeed_on_the_cpu(stage, processes, builtin_cache, tmp_path):
     reason = _deepspeed_missing()
     if reason:
         print(f"skipped: {reason}")
@@ -170,7 +170,7 @@ def test_ppo_cli_runs_two_steps_under_deepspeed_on_the_cpu(stage, builtin_cache,
     out = tmp_path / "out"
     command = [
         str(Path(sys.executable).parent / "trl-extras"), "ppo", "--config", "configs/ppo.yaml",
-        "--accelerate_config", f"configs/accelerate/{stage}.yaml", "--num_processes", "1", "--mixed_precision", "no",
+        "--accelerate_config", f"configs/accelerate/{stage}.yaml", "--num_processes", str(processes), "--mixed_precision", "no",
         "--max_steps", "2", "--learning_rate", "1e-3", "--logging_steps", "1", "--per_device_train_batch_size", "4", "--eval_samples", "4",
         "--output_dir", str(out),
     ]  # fmt: skip
@@ -178,12 +178,18 @@ def test_ppo_cli_runs_two_steps_under_deepspeed_on_the_cpu(stage, builtin_cache,
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    assert "DEEPSPEED" in result.stdout + result.stderr
+    # 2 CPU processes too: the CLI gives them `--ddp_backend gloo`, not `use_cpu` (which would fall back to MULTI_CPU)
+    assert f"Running on {processes} process(es), DEEPSPEED" in result.stdout, result.stdout[-3000:]
+    assert "asks for DEEPSPEED, but this run is" not in result.stdout
     # The before/after report ran (under ZeRO-3 on weights gathered from their partitions): the reward measured
     # before training is the one the same measurement gives on the unpartitioned model, sample for sample
     before = re.search(r"before training: ([-+]\d\.\d{4})", result.stdout)
     assert before is not None and "-> after" in result.stdout, result.stdout[-3000:]
     assert before.group(1) == _before_reward_without_an_engine(eval_samples=4, max_new_tokens=32)
+    _check_saved(out)
+
+
+def _check_saved(out: Path) -> None:
     # the policy at output_dir and the critic in value_model/, gathered from the engine
     policy, policy_info = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
     critic, critic_info = AutoModelForSequenceClassification.from_pretrained(
