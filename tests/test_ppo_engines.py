@@ -202,3 +202,41 @@ def _check_saved(out: Path) -> None:
     # lr 1e-3 move a weight by at most about 2e-3 (a random head, initializer_range 0.02, has larger weights)
     head = critic.score.weight
     assert 0 < head.abs().max() < 3e-3, head.abs().max()
+
+
+def _ppo_cli(out: Path, *extra: str, stage: str = "zero2") -> subprocess.CompletedProcess:
+    command = [
+        str(Path(sys.executable).parent / "trl-extras"), "ppo", "--config", "configs/ppo.yaml",
+        "--accelerate_config", f"configs/accelerate/{stage}.yaml", "--num_processes", "1", "--mixed_precision", "no",
+        "--learning_rate", "1e-3", "--logging_steps", "1", "--per_device_train_batch_size", "4", "--eval_samples", "0",
+        "--output_dir", str(out), *extra,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert "Running on 1 process(es), DEEPSPEED" in result.stdout, result.stdout[-3000:]
+    return result
+
+
+def test_ppo_resumed_from_a_zero2_checkpoint_ends_as_the_uninterrupted_run(builtin_cache, tmp_path):
+    """4 steps (one rollout, 2 minibatches), a checkpoint (DeepSpeed's own: `global_step<N>/`, plus PPO's rollout and
+    critic) at each; resumed from step 3, mid-rollout, the run ends with the uninterrupted run's weights."""
+    from safetensors.torch import load_file
+
+    if _deepspeed_missing():
+        pytest.skip(_deepspeed_missing())
+    steps = ("--max_steps", "4", "--save_strategy", "steps", "--save_steps", "1", "--num_mini_batches", "2")
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    _ppo_cli(full, *steps)
+    assert (full / "checkpoint-3" / "global_step3").is_dir()
+    resumed.mkdir()
+    subprocess.run(["cp", "-r", str(full / "checkpoint-3"), str(resumed)], check=True)
+    _ppo_cli(resumed, *steps, "--resume_from_checkpoint", str(resumed / "checkpoint-3"))
+    for weights in ("model.safetensors", "value_model/model.safetensors"):
+        a, b = load_file(full / weights), load_file(resumed / weights)
+        start = load_file(full / "checkpoint-3" / weights)
+        assert a.keys() == b.keys() == start.keys(), weights
+        assert any(not torch.equal(a[k], start[k]) for k in a), f"{weights}: step 4 did not move it"
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=f"{weights} {key}")
