@@ -240,3 +240,33 @@ def test_ppo_resumed_from_a_zero2_checkpoint_ends_as_the_uninterrupted_run(built
         assert any(not torch.equal(a[k], start[k]) for k in a), f"{weights}: step 4 did not move it"
         for key in a:
             torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=f"{weights} {key}")
+
+
+def test_ppo_with_lora_trains_the_same_adapter_under_zero2_and_zero3(builtin_cache, tmp_path):
+    """`--use_peft true`: the policy's LoRA adapter in the engine beside the full critic. Both stages save an adapter
+    that loads on the base model, the same one (ZeRO-3 gathers what ZeRO-2 holds whole), and a whole critic."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from trl_extras.tasks import registry
+
+    if _deepspeed_missing():
+        pytest.skip(_deepspeed_missing())
+    adapters = {}
+    for stage in ("zero2", "zero3"):
+        out = tmp_path / stage
+        _ppo_cli(out, "--max_steps", "2", "--use_peft", "true", stage=stage)
+        adapters[stage] = load_file(out / "adapter_model.safetensors")
+        assert not (out / "model.safetensors").exists()  # the adapter only, not a merged policy
+        critic, info = AutoModelForSequenceClassification.from_pretrained(
+            out / "value_model", num_labels=1, output_loading_info=True
+        )
+        assert not info["missing_keys"] and not info["unexpected_keys"], (stage, info)
+        assert 0 < critic.score.weight.abs().max() < 3e-3  # the zero-initialised head trained
+    base = AutoModelForCausalLM.from_pretrained(registry.resolve_builtin_model("builtin:sentiment-sft"))
+    PeftModel.from_pretrained(base, tmp_path / "zero3")  # loads on the base model
+    zero2, zero3 = adapters["zero2"], adapters["zero3"]
+    assert zero2.keys() == zero3.keys() and any("lora_B" in key for key in zero2)
+    assert max(zero2[k].abs().max() for k in zero2 if "lora_B" in k) > 1e-4  # lora_B starts at 0: it trained
+    for key in zero2:
+        torch.testing.assert_close(zero3[key], zero2[key], rtol=0, atol=1e-6, msg=key)
