@@ -2,6 +2,8 @@
 
     python tests/_parity_run.py ppo|remax MODEL_DIR OUT_FILE PER_DEVICE_BATCH STOP_TOKEN [VALUE_MODEL_DIR]
     accelerate launch --config_file configs/accelerate/cpu_multiprocess.yaml tests/_parity_run.py ...
+    DS_ACCELERATOR=cpu accelerate launch --config_file configs/accelerate/zero2.yaml --num_processes 2 \
+        --mixed_precision no tests/_parity_run.py ppo ...
 
 Completions that do not depend on how rows are split over processes: greedy for PPO; for ReMax, whose advantage is
 r(sample) - r(greedy) and so 0 under greedy sampling, `split_invariant_sampling` (inverse-CDF sampling with one
@@ -11,6 +13,7 @@ for PPO) to `OUT_FILE` with `torch.save`.
 """
 
 import contextlib
+import os
 import sys
 
 import torch
@@ -28,10 +31,14 @@ def even_tokens(completion_ids, **kwargs):
 
 
 def common_args(output_dir, per_device_batch):
-    return dict(
+    # under a DeepSpeed launch (`ACCELERATE_USE_DEEPSPEED`) on the CPU: no `use_cpu` (it turns DeepSpeed off), and the
+    # gloo backend for accelerate to count the group DeepSpeed's CPU accelerator forms (docs/cli.md)
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    engine = {"use_cpu": False, "ddp_backend": "gloo"} if deepspeed else {"use_cpu": True}
+    return dict(**engine,
         output_dir=output_dir, per_device_train_batch_size=per_device_batch, max_completion_length=6,
         generation_kwargs={"do_sample": False}, optim="sgd", learning_rate=0.05, lr_scheduler_type="constant",
-        max_grad_norm=0.0, report_to="none", save_strategy="no", bf16=False, use_cpu=True, seed=0,
+        max_grad_norm=0.0, report_to="none", save_strategy="no", bf16=False, seed=0,
         logging_steps=1, disable_tqdm=True,
     )  # fmt: skip
 
@@ -91,10 +98,13 @@ def train(kind, model_dir, output_dir, per_device_batch, stop_token, value_model
         )
     with split_invariant_sampling() if kind == "remax" else contextlib.nullcontext():
         trainer.train()
-    policy = trainer.accelerator.unwrap_model(trainer.model)
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)  # under an engine, PPO's PolicyAndValueWrapper
+    policy = getattr(unwrapped, "policy", unwrapped)
     state = {f"policy.{n}": p.detach().clone() for n, p in policy.named_parameters()}
     if kind == "ppo":
-        state.update({f"value.{n}": p.detach().clone() for n, p in trainer.value_model.named_parameters()})
+        value_model = getattr(unwrapped, "value_model", trainer.value_model)
+        state.update({f"value.{n}": p.detach().clone() for n, p in value_model.named_parameters()})
+    state["distributed_type"] = trainer.accelerator.distributed_type.value
     state["num_processes"] = torch.tensor(trainer.accelerator.num_processes)
     state["completion_lengths"] = torch.tensor(
         [log["completions/mean_length"] for log in trainer.state.log_history if "completions/mean_length" in log]

@@ -11,10 +11,12 @@
 import importlib.util
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -143,8 +145,24 @@ def _deepspeed_missing() -> str | None:
     return None
 
 
-@pytest.mark.parametrize("stage", ["zero2", "zero3"])
-def test_ppo_cli_runs_two_steps_under_deepspeed_on_the_cpu(stage, builtin_cache, tmp_path):
+def _before_reward_without_an_engine(eval_samples: int, max_new_tokens: int) -> str:
+    from transformers import AutoTokenizer
+
+    from trl_extras.tasks import registry
+
+    path = registry.resolve_builtin_model("builtin:sentiment-sft")
+    plain = SimpleNamespace(  # what `Evaluation.measure` reads of a trainer, with no engine
+        model=AutoModelForCausalLM.from_pretrained(path), processing_class=AutoTokenizer.from_pretrained(path),
+        accelerator=SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=None)),
+    )  # fmt: skip
+    evaluation = registry.evaluation_for(
+        "builtin:sentiment", "policy", num_samples=eval_samples, max_new_tokens=max_new_tokens
+    )
+    return evaluation.format(evaluation.measure(plain)[0])
+
+
+@pytest.mark.parametrize("stage, processes", [("zero2", 1), ("zero3", 1), ("zero2", 2)])
+def test_ppo_cli_runs_two_steps_under_deepspeed_on_the_cpu(stage, processes, builtin_cache, tmp_path):
     reason = _deepspeed_missing()
     if reason:
         print(f"skipped: {reason}")
@@ -152,15 +170,26 @@ def test_ppo_cli_runs_two_steps_under_deepspeed_on_the_cpu(stage, builtin_cache,
     out = tmp_path / "out"
     command = [
         str(Path(sys.executable).parent / "trl-extras"), "ppo", "--config", "configs/ppo.yaml",
-        "--accelerate_config", f"configs/accelerate/{stage}.yaml", "--num_processes", "1", "--mixed_precision", "no",
-        "--max_steps", "2", "--learning_rate", "1e-3", "--logging_steps", "1", "--per_device_train_batch_size", "4", "--eval_samples", "0",
+        "--accelerate_config", f"configs/accelerate/{stage}.yaml", "--num_processes", str(processes), "--mixed_precision", "no",
+        "--max_steps", "2", "--learning_rate", "1e-3", "--logging_steps", "1", "--per_device_train_batch_size", "4", "--eval_samples", "4",
         "--output_dir", str(out),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    assert "DEEPSPEED" in result.stdout + result.stderr
+    # 2 CPU processes too: the CLI gives them `--ddp_backend gloo`, not `use_cpu` (which would fall back to MULTI_CPU)
+    assert f"Running on {processes} process(es), DEEPSPEED" in result.stdout, result.stdout[-3000:]
+    assert "asks for DEEPSPEED, but this run is" not in result.stdout
+    # The before/after report ran (under ZeRO-3 on weights gathered from their partitions): the reward measured
+    # before training is the one the same measurement gives on the unpartitioned model, sample for sample
+    before = re.search(r"before training: ([-+]\d\.\d{4})", result.stdout)
+    assert before is not None and "-> after" in result.stdout, result.stdout[-3000:]
+    assert before.group(1) == _before_reward_without_an_engine(eval_samples=4, max_new_tokens=32)
+    _check_saved(out)
+
+
+def _check_saved(out: Path) -> None:
     # the policy at output_dir and the critic in value_model/, gathered from the engine
     policy, policy_info = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
     critic, critic_info = AutoModelForSequenceClassification.from_pretrained(
@@ -173,3 +202,71 @@ def test_ppo_cli_runs_two_steps_under_deepspeed_on_the_cpu(stage, builtin_cache,
     # lr 1e-3 move a weight by at most about 2e-3 (a random head, initializer_range 0.02, has larger weights)
     head = critic.score.weight
     assert 0 < head.abs().max() < 3e-3, head.abs().max()
+
+
+def _ppo_cli(out: Path, *extra: str, stage: str = "zero2") -> subprocess.CompletedProcess:
+    command = [
+        str(Path(sys.executable).parent / "trl-extras"), "ppo", "--config", "configs/ppo.yaml",
+        "--accelerate_config", f"configs/accelerate/{stage}.yaml", "--num_processes", "1", "--mixed_precision", "no",
+        "--learning_rate", "1e-3", "--logging_steps", "1", "--per_device_train_batch_size", "4", "--eval_samples", "0",
+        "--output_dir", str(out), *extra,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert "Running on 1 process(es), DEEPSPEED" in result.stdout, result.stdout[-3000:]
+    return result
+
+
+def test_ppo_resumed_from_a_zero2_checkpoint_ends_as_the_uninterrupted_run(builtin_cache, tmp_path):
+    """4 steps (one rollout, 2 minibatches), a checkpoint (DeepSpeed's own: `global_step<N>/`, plus PPO's rollout and
+    critic) at each; resumed from step 3, mid-rollout, the run ends with the uninterrupted run's weights."""
+    from safetensors.torch import load_file
+
+    if _deepspeed_missing():
+        pytest.skip(_deepspeed_missing())
+    steps = ("--max_steps", "4", "--save_strategy", "steps", "--save_steps", "1", "--num_mini_batches", "2")
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    _ppo_cli(full, *steps)
+    assert (full / "checkpoint-3" / "global_step3").is_dir()
+    resumed.mkdir()
+    subprocess.run(["cp", "-r", str(full / "checkpoint-3"), str(resumed)], check=True)
+    _ppo_cli(resumed, *steps, "--resume_from_checkpoint", str(resumed / "checkpoint-3"))
+    for weights in ("model.safetensors", "value_model/model.safetensors"):
+        a, b = load_file(full / weights), load_file(resumed / weights)
+        start = load_file(full / "checkpoint-3" / weights)
+        assert a.keys() == b.keys() == start.keys(), weights
+        assert any(not torch.equal(a[k], start[k]) for k in a), f"{weights}: step 4 did not move it"
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=f"{weights} {key}")
+
+
+def test_ppo_with_lora_trains_the_same_adapter_under_zero2_and_zero3(builtin_cache, tmp_path):
+    """`--use_peft true`: the policy's LoRA adapter in the engine beside the full critic. Both stages save an adapter
+    that loads on the base model, the same one (ZeRO-3 gathers what ZeRO-2 holds whole), and a whole critic."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from trl_extras.tasks import registry
+
+    if _deepspeed_missing():
+        pytest.skip(_deepspeed_missing())
+    adapters = {}
+    for stage in ("zero2", "zero3"):
+        out = tmp_path / stage
+        _ppo_cli(out, "--max_steps", "2", "--use_peft", "true", stage=stage)
+        adapters[stage] = load_file(out / "adapter_model.safetensors")
+        assert not (out / "model.safetensors").exists()  # the adapter only, not a merged policy
+        critic, info = AutoModelForSequenceClassification.from_pretrained(
+            out / "value_model", num_labels=1, output_loading_info=True
+        )
+        assert not info["missing_keys"] and not info["unexpected_keys"], (stage, info)
+        assert 0 < critic.score.weight.abs().max() < 3e-3  # the zero-initialised head trained
+    base = AutoModelForCausalLM.from_pretrained(registry.resolve_builtin_model("builtin:sentiment-sft"))
+    PeftModel.from_pretrained(base, tmp_path / "zero3")  # loads on the base model
+    zero2, zero3 = adapters["zero2"], adapters["zero3"]
+    assert zero2.keys() == zero3.keys() and any("lora_B" in key for key in zero2)
+    assert max(zero2[k].abs().max() for k in zero2 if "lora_B" in k) > 1e-4  # lora_B starts at 0: it trained
+    for key in zero2:
+        torch.testing.assert_close(zero3[key], zero2[key], rtol=0, atol=1e-6, msg=key)

@@ -66,16 +66,16 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def two_processes(tmp_path, *run_args):
-    """`tests/_parity_run.py` on 2 gloo processes; its saved state."""
+def two_processes(tmp_path, *run_args, config="cpu_multiprocess.yaml", launch=()):
+    """`tests/_parity_run.py` on 2 processes launched with `configs/accelerate/<config>`; its saved state."""
     out = tmp_path / "two.pt"
     command = [
         str(Path(sys.executable).parent / "accelerate"), "launch",
-        "--config_file", str(REPO / "configs/accelerate/cpu_multiprocess.yaml"),
+        "--config_file", str(REPO / "configs/accelerate" / config), *launch,
         "--main_process_port", str(_free_port()),
         str(RUN), run_args[0], run_args[1], str(out), *run_args[2:],
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu"}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return torch.load(out)
@@ -89,6 +89,22 @@ def test_two_gloo_processes_x_4_rows_equal_one_process_x_8(models, one_process_b
     # the same completions (mean lengths per rollout, not all full: the stop token cut some)
     torch.testing.assert_close(two["completion_lengths"], one["completion_lengths"])
     assert (one["completion_lengths"] < 6).any()
+    initial = initial_parameters(lm, critic)
+    for prefix in ("policy.", "value."):
+        assert distance_over_update(one, two, initial, prefix) < 1e-5, prefix
+
+
+def test_two_deepspeed_zero2_processes_x_4_rows_equal_one_process_x_8(models, one_process_batch_8, tmp_path):
+    """ZeRO-2 on 2 CPU processes (DeepSpeed's CPU accelerator; policy and critic one module in the engine, gradients
+    and SGD state partitioned over the ranks) trains as 1 process without an engine."""
+    if importlib.util.find_spec("deepspeed") is None:
+        pytest.skip("deepspeed is not installed (pip install deepspeed hjson ninja py-cpuinfo msgpack einops)")
+    lm, critic = models
+    launch = ("--num_processes", "2", "--mixed_precision", "no")
+    two = two_processes(tmp_path, "ppo", lm, "4", str(STOP_TOKEN), critic, config="zero2.yaml", launch=launch)
+    one = one_process_batch_8
+    assert int(two["num_processes"]) == 2 and two["distributed_type"] == "DEEPSPEED", two["distributed_type"]
+    torch.testing.assert_close(two["completion_lengths"], one["completion_lengths"])
     initial = initial_parameters(lm, critic)
     for prefix in ("policy.", "value."):
         assert distance_over_update(one, two, initial, prefix) < 1e-5, prefix

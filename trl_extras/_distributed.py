@@ -8,9 +8,10 @@ output, without a word. :func:`check_process_group` turns that into an error bef
 
 from __future__ import annotations
 
+import contextlib
 import os
 
-__all__ = ["LaunchError", "check_process_group", "has_accelerator"]
+__all__ = ["LaunchError", "check_process_group", "has_accelerator", "without_zero3_init"]
 
 
 class LaunchError(ValueError):
@@ -51,7 +52,14 @@ def check_process_group(args) -> None:
     if num_processes == world_size:
         return
     distributed_type = getattr(getattr(state, "distributed_type", None), "value", "NO")
-    if not has_accelerator():
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    if not has_accelerator() and deepspeed:
+        fix = (
+            "This machine has no GPU and the launch asks for DeepSpeed: set `ddp_backend='gloo'` in the training "
+            "arguments (`--ddp_backend gloo`) and `DS_ACCELERATOR=cpu`, so that accelerate counts the CPU group "
+            "DeepSpeed forms (`use_cpu` would turn DeepSpeed off); `trl-extras <trainer>` does this for you."
+        )
+    elif not has_accelerator():
         fix = (
             "This machine has no GPU: set `use_cpu=True` in the training arguments (`--use_cpu true` on the command "
             "line, `use_cpu: true` in a trl-extras YAML) or `ACCELERATE_USE_CPU=true` in the environment, so that "
@@ -79,15 +87,45 @@ def engine_fallback_notice(distributed_type: str) -> str | None:
 
     accelerate 1.15 turns FSDP on only for processes on accelerators (``AcceleratorState.__init__``,
     ``accelerate/state.py`` line 986: ``MULTI_GPU``, ``MULTI_XPU``, ... but not ``MULTI_CPU``) and starts DeepSpeed
-    only off the CPU (line 201: ``if not cpu``); on a CPU the processes run as plain data-parallel copies
+    only without ``use_cpu`` (line 201: ``if not cpu``); otherwise the processes run as plain data-parallel copies
     (``MULTI_CPU``, gloo), each holding the whole model, and accelerate says nothing. ``distributed_type`` is the
     run's ``AcceleratorState().distributed_type.value``.
     """
+    reasons = {
+        "FSDP": "accelerate runs FSDP on GPUs (and other accelerators) only",
+        "DEEPSPEED": (
+            "accelerate starts DeepSpeed only without `use_cpu` (`ACCELERATE_USE_CPU`); on a CPU-only machine leave it "
+            "unset and pass `--ddp_backend gloo` with `DS_ACCELERATOR=cpu` (`trl-extras` does so for its commands)"
+        ),
+    }
     for variable, engine in _REQUESTED_ENGINES.items():
         if os.environ.get(variable, "false").lower() == "true" and distributed_type != engine:
             return (
-                f"The accelerate config asks for {engine}, but this run is {distributed_type}: accelerate runs "
-                f"{engine} on GPUs (and other accelerators) only, so each process holds and trains the whole model "
-                "(data parallel). See docs/cli.md, 'Several processes'."
+                f"The accelerate config asks for {engine}, but this run is {distributed_type}: {reasons[engine]}, so "
+                "each process holds and trains the whole model (data parallel). See docs/cli.md, 'Several devices'."
             )
     return None
+
+
+@contextlib.contextmanager
+def without_zero3_init():
+    """Build or load models whole, also inside a DeepSpeed ZeRO-3 run.
+
+    Once a run's ``TrainingArguments`` name a ZeRO-3 config, transformers builds every model under
+    ``deepspeed.zero.Init``: its weights partitioned, empty on this process until an engine gathers them. Two kinds of
+    model never enter the engine and must be whole: a built-in model built into the cache during the run (it would
+    save empty weights, and every later run fail with ``size mismatch ... torch.Size([0])``), and the frozen parts of
+    a diffusion pipeline (text encoders, VAE). transformers offers no public switch, so the flag it reads (a weak
+    reference to the run's DeepSpeed config) is cleared inside the block and restored after it.
+    """
+    try:
+        from transformers.integrations import deepspeed as hf_deepspeed
+    except ImportError:
+        yield
+        return
+    saved = getattr(hf_deepspeed, "_hf_deepspeed_config_weak_ref", None)
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved

@@ -429,20 +429,30 @@ def _overview() -> str:
     return "\n".join(lines)
 
 
-def _use_cpu_process_group_without_accelerators() -> None:
+def _use_cpu_process_group_without_accelerators(argv: list[str]) -> list[str]:
     """Several processes (``accelerate launch``, ``torchrun``) on a machine without accelerators: train on the CPU.
 
     Without this, transformers only forms a CPU (gloo) process group when ``use_cpu`` is set, and otherwise lets each
     process train alone on the whole dataset, silently. ``accelerate launch`` does not pass its config's ``use_cpu``
     on to the processes of a multi-process launch, so we set the variable transformers and accelerate read.
+
+    Under a DeepSpeed config (``ACCELERATE_USE_DEEPSPEED``) ``use_cpu`` would turn DeepSpeed off (accelerate runs it
+    only ``if not cpu``): the processes instead get ``--ddp_backend gloo`` (unless given), the backend accelerate
+    then records for the group DeepSpeed's CPU accelerator forms; without one it finds no GPU backend and counts 1
+    process. Returns ``argv`` with that option added.
     """
     import torch
 
     has_accelerator = torch.cuda.is_available() or (
         hasattr(torch, "accelerator") and torch.accelerator.current_accelerator() is not None
     )
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not has_accelerator:
-        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or has_accelerator:
+        return argv
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        given = any(arg == "--ddp_backend" or arg.startswith("--ddp_backend=") for arg in argv)
+        return argv if given else [*argv, "--ddp_backend", "gloo"]
+    os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+    return argv
 
 
 def _run(command: Subcommand, argv: list[str]) -> int:
@@ -458,7 +468,7 @@ def _run(command: Subcommand, argv: list[str]) -> int:
         return 0
     launch_args = _check_args(command.name, parser, argv)
     training_argv = _without(argv, launch_args)
-    _use_cpu_process_group_without_accelerators()
+    training_argv = _use_cpu_process_group_without_accelerators(training_argv)
     try:
         script_args, training_args, model_args, dataset_args = parser.parse_args_and_config(training_argv)
     except _common.ConfigError as error:

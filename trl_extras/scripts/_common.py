@@ -393,6 +393,13 @@ def train_and_save(trainer, script_args, training_args, *, role: str, evaluation
             num_samples=script_args.eval_samples,
             max_new_tokens=min(max_new_tokens, 40),
         )
+    if evaluation is not None and evaluation.calls_trainer_evaluate and state.distributed_type.value == "DEEPSPEED":
+        print_(
+            f"[{script_args.dataset_name}] before/after report skipped under DeepSpeed: it runs `Trainer.evaluate`, "
+            "which before `train` builds an inference-only engine that training cannot use (ZeRO-3) or refuses "
+            "('ZeRO inference only makes sense with ZeRO Stage 3'). Run without DeepSpeed to see it."
+        )
+        evaluation = None
     report = None
     if evaluation is not None:
         before, samples = evaluation.measure(trainer)

@@ -18,6 +18,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from trl_extras._distributed import without_zero3_init
+
 __all__ = ["cache_dir", "cached_build", "content_hash", "source_hash"]
 
 _COMPLETE_MARKER = ".complete"
@@ -64,7 +66,7 @@ def cached_build(name: str, key: str, build: Callable[[Path], None]) -> str:
             shutil.rmtree(final)
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
         try:
-            with _save_pretrained_writes_on_this_rank():
+            with _save_pretrained_writes_on_this_rank(), without_zero3_init():  # saved whole, also in a ZeRO-3 run
                 build(tmp)
             (tmp / _COMPLETE_MARKER).write_text(key)
             os.replace(tmp, final)

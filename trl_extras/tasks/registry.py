@@ -16,6 +16,7 @@ Anything without the ``builtin:`` prefix is not ours: it goes to ``from_pretrain
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -131,13 +132,28 @@ class Evaluation:
     measure: Callable  # (trainer) -> (value, [sample lines])
     higher_is_better: bool = True
     value_format: str = "+.4f"
+    calls_trainer_evaluate: bool = False  # `measure` runs `Trainer.evaluate`, which DeepSpeed refuses before `train`
 
     def format(self, value: float) -> str:
         return format(value, self.value_format)
 
 
+@contextlib.contextmanager
 def _text_model(trainer):
-    return trainer.model, getattr(trainer.processing_class, "tokenizer", trainer.processing_class)
+    """The trainer's model, whole, and its tokenizer. Under DeepSpeed ZeRO-3 the weights are partitioned (at load,
+    by ``zero.Init``, and in the engine after training): TRL's ``unwrap_model_for_generation`` gathers them (and takes
+    the engine's hooks off) for the measurement, before training as after it."""
+    tokenizer = getattr(trainer.processing_class, "tokenizer", trainer.processing_class)
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    if plugin is None or plugin.zero_stage != 3:
+        yield trainer.model, tokenizer
+        return
+    from trl.models import unwrap_model_for_generation
+
+    model = getattr(trainer, "model_wrapped", None) or trainer.model
+    kwargs = trainer.args.gradient_checkpointing_kwargs
+    with unwrap_model_for_generation(model, trainer.accelerator, gradient_checkpointing_kwargs=kwargs) as unwrapped:
+        yield unwrapped, tokenizer
 
 
 def evaluation_for(dataset_name: str, role: str, *, num_samples: int = 32, max_new_tokens: int = 40):
@@ -164,9 +180,10 @@ def _sentiment_evaluation(role: str, num_samples: int, max_new_tokens: int):
         prompts = prompts[: max(1, num_samples // per_prompt)]
 
         def measure(trainer):
-            samples = evaluation.sample_completions(
-                *_text_model(trainer), prompts, num_samples=per_prompt, max_new_tokens=max_new_tokens
-            )
+            with _text_model(trainer) as (model, tokenizer):
+                samples = evaluation.sample_completions(
+                    model, tokenizer, prompts, num_samples=per_prompt, max_new_tokens=max_new_tokens
+                )
             value = evaluation.mean_reward(samples, sentiment.ground_truth_reward)
             return value, [prompt + completion for prompt, completion in samples[::per_prompt][:2]]
 
@@ -179,14 +196,16 @@ def _sentiment_evaluation(role: str, num_samples: int, max_new_tokens: int):
         rows = sentiment.build_sft_dataset(num_samples, split="test")
 
         def measure(trainer):
-            return evaluation.perplexity(*_text_model(trainer), rows["prompt"], rows["completion"]), []
+            with _text_model(trainer) as (model, tokenizer):
+                return evaluation.perplexity(model, tokenizer, rows["prompt"], rows["completion"]), []
 
         return Evaluation(f"perplexity of {len(rows)} held-out reviews", measure, False, ".2f")
     if role == "reward_model":
         rows = sentiment.build_preference_dataset(max(num_samples, 64), seed=7, split="test").to_list()
 
         def measure(trainer):
-            return evaluation.pairwise_accuracy(*_text_model(trainer), rows), []
+            with _text_model(trainer) as (model, tokenizer):
+                return evaluation.pairwise_accuracy(model, tokenizer, rows), []
 
         return Evaluation(f"accuracy on {len(rows)} held-out ground-truth preference pairs", measure, True, ".3f")
     return None
@@ -204,7 +223,7 @@ def _shapes_evaluation(role: str, num_samples: int):
             f"log-probability margin of the true colour over a wrong one, mean over {len(dataset)} held-out images "
             "(nats; > 0: the model prefers the truth)"
         )
-        return Evaluation(description, measure)
+        return Evaluation(description, measure, calls_trainer_evaluate=True)
     if role == "diffusion":
         dataset = shapes.build_image_preference_dataset(num_samples, split="test")
 
@@ -217,5 +236,5 @@ def _shapes_evaluation(role: str, num_samples: int):
             f"denoising error on the dispreferred (cool) image minus on the preferred (warm) one, mean over "
             f"{len(dataset)} held-out pairs (> 0: the model favours the preferred images)"
         )
-        return Evaluation(description, measure, True, "+.5f")
+        return Evaluation(description, measure, True, "+.5f", calls_trainer_evaluate=True)
     return None

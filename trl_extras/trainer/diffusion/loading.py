@@ -91,7 +91,10 @@ def load_pipeline(model: str | DiffusionPipeline, args: DiffusionDPOConfig, quan
         kwargs[subfolder] = denoiser_class.from_pretrained(
             model, subfolder=subfolder, quantization_config=quantization_config, **denoiser_kwargs
         )
-    return DiffusionPipeline.from_pretrained(model, **kwargs)
+    from trl_extras._distributed import without_zero3_init
+
+    with without_zero3_init():  # frozen text encoders and VAE stay whole; the engine partitions the denoiser it trains
+        return DiffusionPipeline.from_pretrained(model, **kwargs)
 
 
 def make_trainable(
