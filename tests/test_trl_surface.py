@@ -8,11 +8,11 @@ import ast
 import inspect
 import pathlib
 import re
-import threading
+import textwrap
 
 import pytest
+import torch
 import trl
-import trl.trainer.dpo_trainer as dpo_module
 from trl import DPOTrainer, GRPOConfig, GRPOTrainer
 from trl.trainer.base_trainer import _BaseTrainer
 from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
@@ -94,40 +94,62 @@ def test_dpo_token_count_and_tp_size():
 
 
 # ------------------------------------------------------------------------------------------- the checks we go around
-def test_dpo_reference_load_is_the_second_create_model_from_path_call():
-    """``dpo_without_reference_model_load`` skips the ``create_model_from_path`` call made after ``Trainer.__init__``."""
-    init = inspect.getsource(DPOTrainer.__init__)
-    assert callable(dpo_module.create_model_from_path)
-    calls = [m.start() for m in re.finditer(r"create_model_from_path\(", init)]
-    trainer_init = init.index("super().__init__(")
-    assert len(calls) == 2, f"DPOTrainer.__init__ now calls create_model_from_path {len(calls)} times, not 2"
-    assert calls[0] < trainer_init < calls[1], "the policy load must precede Trainer.__init__, the reference follow it"
-    assert "self.ref_model = create_model_from_path(ref_model_path" in init
-    assert 'model.add_adapter("ref", default_config)' in init  # the PEFT "ref" adapter UnlikelihoodTrainer deletes
+def _function_ast(fn) -> ast.FunctionDef:
+    return ast.parse(textwrap.dedent(inspect.getsource(fn))).body[0]
 
 
-def test_dpo_without_reference_model_load_skips_only_its_own_trainers_reference(monkeypatch):
-    monkeypatch.setattr(dpo_module, "create_model_from_path", lambda path, **kwargs: f"loaded {path}")
-    original = dpo_module.create_model_from_path
+def test_dpo_given_ref_model_is_stored_not_loaded():
+    """``NoReferenceModel``: a given ``ref_model`` is only compared and stored; the reference is loaded (and a PEFT
+    adapter copied into ``"ref"``) only under ``ref_model is None``."""
+    init = _function_ast(DPOTrainer.__init__)
+    parents = {child: node for node in ast.walk(init) for child in ast.iter_child_nodes(node)}
+    uses = []
+    for node in ast.walk(init):
+        if isinstance(node, ast.Name) and node.id == "ref_model":
+            parent = parents[node]
+            if isinstance(parent, ast.Compare) and isinstance(parent.ops[0], ast.Is):
+                other = parent.comparators[0] if parent.left is node else parent.left
+                uses.append(f"is {ast.unparse(other)}")
+            elif isinstance(parent, ast.Assign) and ast.unparse(parent.targets[0]) == "self.ref_model":
+                uses.append("stored as self.ref_model")
+            else:
+                uses.append(ast.unparse(parent))
+    assert set(uses) == {"is model", "is None", "stored as self.ref_model"}, (
+        f"DPOTrainer.__init__ now uses its `ref_model` argument as {sorted(set(uses))}; "
+        "`_trl_compat.NoReferenceModel` assumes it is only compared and stored as `self.ref_model`."
+    )
 
-    class Trainer:  # no `accelerator` yet: the policy load goes through
-        pass
+    def under_ref_model_is_none(node) -> bool:
+        while node in parents:
+            node, child = parents[node], node
+            if isinstance(node, ast.If) and child in node.body and "ref_model is None" in ast.unparse(node.test):
+                return True
+        return False
 
-    first, second = Trainer(), Trainer()
-    with _trl_compat.dpo_without_reference_model_load(first):
-        assert dpo_module.create_model_from_path("policy") == "loaded policy"
-        first.accelerator = object()  # Trainer.__init__ ran: the next load is the reference copy
-        assert dpo_module.create_model_from_path("ref") is None
-        # a plain DPOTrainer built in another thread meanwhile still gets its reference model
-        other = []
-        thread = threading.Thread(target=lambda: other.append(dpo_module.create_model_from_path("ref")))
-        thread.start()
-        thread.join()
-        assert other == ["loaded ref"]
-        with _trl_compat.dpo_without_reference_model_load(second):
-            assert dpo_module.create_model_from_path("policy") == "loaded policy"
-        assert dpo_module.create_model_from_path("ref") is None  # the inner exit left the patch for `first`
-    assert dpo_module.create_model_from_path is original
+    loads = [n for n in ast.walk(init) if isinstance(n, ast.Call) and ast.unparse(n.func) == "create_model_from_path"]
+    reference_loads = [n for n in loads if "ref_model_path" in ast.unparse(n)]
+    assert len(reference_loads) == 1 and under_ref_model_is_none(reference_loads[0]), (
+        "DPOTrainer.__init__ no longer loads its reference copy only when `ref_model is None`"
+    )
+    adapter_copies = [
+        n for n in ast.walk(init) if isinstance(n, ast.Call) and ast.unparse(n.func).endswith("add_adapter")
+    ]
+    assert adapter_copies and all(under_ref_model_is_none(n) for n in adapter_copies)
+
+
+def test_no_reference_model_reads_none_and_refuses_a_model():
+    class Trainer:
+        ref_model = _trl_compat.NoReferenceModel()
+
+    trainer = Trainer()
+    trainer.ref_model = _trl_compat.NO_REFERENCE_MODEL  # what DPOTrainer.__init__ stores
+    assert trainer.ref_model is None
+    trainer.ref_model = None  # DPOTrainer writes None in its precompute / PEFT branches
+    assert trainer.ref_model is None
+    with pytest.raises(RuntimeError, match="has no reference model.*TRL's DPOTrainer changed"):
+        trainer.ref_model = torch.nn.Linear(1, 1)
+    assert isinstance(Trainer.ref_model, _trl_compat.NoReferenceModel)
+    assert "ref_model" not in vars(trainer)
 
 
 def test_grpo_num_generations_check_is_one_less_than_2():

@@ -11,10 +11,6 @@ trainer: those are listed in ``OVERRIDDEN_HOOKS`` with the signature we rely on,
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import threading
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 # TRL itself is imported inside the functions that need it (and `BaseConfig` / `BaseTrainer` on first use, see the
@@ -189,55 +185,44 @@ def has_mixed_mesh_grads(trainer, model) -> bool:
 
 
 # ---------------------------------------------------------------------------- checks and loads we go around
-# The trainer whose DPOTrainer.__init__ runs in this thread / task, if it wants no reference model
-_skip_reference_for: contextvars.ContextVar = contextvars.ContextVar("trl_extras_skip_reference_for", default=None)
-_reference_patch_lock = threading.Lock()
-_reference_patch_users = 0
-_original_create_model_from_path = None
+class _NoReferenceModelSentinel:
+    """The ``ref_model`` a reference-free ``DPOTrainer`` subclass passes up: "there is none; do not load one"."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NO_REFERENCE_MODEL"
 
 
-def _create_model_unless_reference(*args, **kwargs):
-    trainer = _skip_reference_for.get()
-    if trainer is not None and hasattr(trainer, "accelerator"):  # after Trainer.__init__: the reference copy
-        return None
-    return _original_create_model_from_path(*args, **kwargs)
+NO_REFERENCE_MODEL = _NoReferenceModelSentinel()
 
 
-@contextlib.contextmanager
-def dpo_without_reference_model_load(trainer) -> Iterator[None]:
-    """While ``DPOTrainer.__init__`` runs for ``trainer``, make its reference-model load a no-op returning ``None``.
+class NoReferenceModel:
+    """``ref_model`` of a ``DPOTrainer`` subclass that has no reference model: a class attribute that always reads
+    ``None`` and accepts only ``None`` or ``NO_REFERENCE_MODEL``.
 
-    Relies on: ``DPOTrainer.__init__`` calls the module-level ``trl.trainer.dpo_trainer.create_model_from_path`` at
-    most twice: for the policy when ``model`` is a string (before ``Trainer.__init__``) and, without PEFT or
-    ``precompute_ref_log_probs``, for a second copy as the reference (after ``Trainer.__init__``, which sets
-    ``trainer.accelerator``). Only the second call is skipped, so ``self.ref_model`` ends up ``None`` and every use of
-    it in ``DPOTrainer.__init__`` (dropout, fused head, DeepSpeed or FSDP preparation) is skipped by the parent's own
-    ``is not None`` checks. ``DPOTrainer`` has no switch for "no reference model": passing a placeholder
-    ``ref_model`` would be prepared by DeepSpeed / FSDP, and ``precompute_ref_log_probs`` runs a pass over the data,
-    hashes the whole model and is refused for vision datasets; no overridable method runs between
-    ``Trainer.__init__`` and the load, which calls a module-level name, so there is no narrower hook to use.
-
-    The name on TRL's module is swapped while at least one such ``__init__`` runs (reference-counted under a lock);
-    which trainer wants no reference is a context variable, so a plain ``DPOTrainer`` built in another thread at the
-    same time still loads its reference model.
+    Use: ``ref_model = NoReferenceModel()`` on the class, ``super().__init__(model, NO_REFERENCE_MODEL, args, ...)``.
+    This goes through ``DPOTrainer``'s public ``ref_model`` argument and attribute only. Relies on (pinned by
+    ``tests/test_trl_surface.py::test_dpo_given_ref_model_is_stored_not_loaded``): in ``DPOTrainer.__init__`` a
+    given ``ref_model`` is only compared (``is model``, ``is None``) and stored as ``self.ref_model``; the reference
+    copy is loaded (``create_model_from_path``) and a PEFT model's pretrained adapter copied into a frozen ``"ref"``
+    adapter only when it is ``None``; every later use (dropout, fused head, DeepSpeed / FSDP / accelerate
+    preparation, the sync callback) reads ``self.ref_model``, which reads ``None`` here, so the parent's own
+    ``is not None`` checks skip them. ``DPOTrainer`` has no "no reference" switch: its ways to drop one
+    (``precompute_ref_log_probs``, a PEFT policy) still run a reference forward. If TRL ever stores something else
+    there, the setter raises instead of letting a reference model in.
     """
-    import trl.trainer.dpo_trainer as _dpo_trainer_module
 
-    global _reference_patch_users, _original_create_model_from_path
-    with _reference_patch_lock:
-        if _reference_patch_users == 0:
-            _original_create_model_from_path = _dpo_trainer_module.create_model_from_path
-            _dpo_trainer_module.create_model_from_path = _create_model_unless_reference
-        _reference_patch_users += 1
-    token = _skip_reference_for.set(trainer)
-    try:
-        yield
-    finally:
-        _skip_reference_for.reset(token)
-        with _reference_patch_lock:
-            _reference_patch_users -= 1
-            if _reference_patch_users == 0:
-                _dpo_trainer_module.create_model_from_path = _original_create_model_from_path
+    def __get__(self, trainer, owner=None):
+        return self if trainer is None else None
+
+    def __set__(self, trainer, value) -> None:
+        if value is not None and value is not NO_REFERENCE_MODEL:
+            raise RuntimeError(
+                f"{type(trainer).__name__} has no reference model, but DPOTrainer.__init__ set `ref_model` to a "
+                f"{type(value).__name__}: TRL's DPOTrainer changed how it handles a given `ref_model`; see "
+                "`NoReferenceModel` in trl_extras/_trl_compat.py."
+            )
 
 
 class _OneGenerationPerPrompt(int):

@@ -6,7 +6,6 @@ import textwrap
 import warnings
 
 import torch
-from accelerate.utils import is_peft_model
 from trl import DPOTrainer
 
 from .. import _trl_compat
@@ -31,8 +30,9 @@ class UnlikelihoodTrainer(CheckpointSafetyMixin, PreferenceLengthCheck, DPOTrain
     are in `trl_extras.losses.unlikelihood`. A drop-in replacement for [`~trl.DPOTrainer`] (same datasets,
     `peft_config` / `quantization_config` / PEFT-model and vision-language inputs, collators and metric names, plus
     `unlikelihood/*`), except that `ref_model` is refused and no reference model is ever loaded or run: DPOTrainer
-    has no switch for that, so its reference load is skipped (`_trl_compat.dpo_without_reference_model_load`) and
-    its `_compute_loss`, which runs the reference forward inline, is replaced by the policy-only one.
+    has no switch for that, so it is given a placeholder reference, which loads nothing and which the `ref_model`
+    attribute reads as `None` (`_trl_compat.NoReferenceModel`), and its `_compute_loss`, which runs the reference
+    forward inline, is replaced by the policy-only one.
 
     Example:
 
@@ -52,6 +52,7 @@ class UnlikelihoodTrainer(CheckpointSafetyMixin, PreferenceLengthCheck, DPOTrain
     Overrides: `__init__`, `_compute_loss`, `_prepare_dataset` (from `PreferenceLengthCheck`).
     """
 
+    ref_model = _trl_compat.NoReferenceModel()
     _tag_names = ["trl", "trl-extras", "unlikelihood"]
     _name = "Unlikelihood"
     _paper = {
@@ -85,14 +86,9 @@ class UnlikelihoodTrainer(CheckpointSafetyMixin, PreferenceLengthCheck, DPOTrain
         kwargs["train_dataset"], kwargs["eval_dataset"] = validate_datasets(
             validate_preference_dataset, kwargs.get("train_dataset"), kwargs.get("eval_dataset")
         )
-        had_ref_adapter = not isinstance(model, str) and is_peft_model(model) and "ref" in model.peft_config
-        with _trl_compat.dpo_without_reference_model_load(self):
-            super().__init__(model, None, args, **kwargs)
+        # given a `ref_model`, DPOTrainer loads none (nor copies a PEFT adapter); `self.ref_model` reads None
+        super().__init__(model, _trl_compat.NO_REFERENCE_MODEL, args, **kwargs)
         keep_4bit_training_exact(self.model)  # bitsandbytes' CPU repack off, TRL's bf16 adapter cast undone
-        if is_peft_model(self.model) and "ref" in self.model.peft_config and not had_ref_adapter:
-            self.model.delete_adapter("ref")  # DPOTrainer's frozen copy of a pretrained adapter, unused here
-        if self.ref_model is not None:  # pragma: no cover - guards against a TRL change
-            raise RuntimeError("UnlikelihoodTrainer must not hold a reference model; TRL's DPOTrainer changed.")
 
     def _compute_loss(self, model, inputs, return_outputs):
         mode = "train" if self.model.training else "eval"
