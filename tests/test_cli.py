@@ -333,13 +333,15 @@ def test_reward_resolution(tmp_path, monkeypatch):
 
 def test_main_job_console_has_no_future_warning(builtin_cache, tmp_path):
     """The README's main job (ReMax on the built-in task) in a fresh interpreter that shows every warning once: no
-    FutureWarning (transformers 5's checkpointing renames, triggered by TRL's own defaults) nor bitsandbytes' kernels
-    notice reaches the console."""
+    FutureWarning (transformers 5's checkpointing renames, triggered by TRL's own defaults), bitsandbytes' kernels
+    notice nor DeepSpeed's accelerator-detection warning (DeepSpeed is imported by accelerate) reaches the console."""
     command = [sys.executable, "-W", "default", "-m", "trl_extras.cli", "remax", "--config", "configs/remax.yaml"]
     command += ["--output_dir", str(tmp_path), *FAST]
     env = {**os.environ, "TRL_EXTRAS_CACHE": str(builtin_cache), "OMP_NUM_THREADS": "1"}
+    env.pop("DS_ACCELERATOR", None)
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ground-truth reward" in result.stdout
     assert "FutureWarning" not in result.stderr, result.stderr[-3000:]
     assert "kernels-community" not in result.stdout + result.stderr
+    assert "Setting accelerator to CPU" not in result.stdout + result.stderr

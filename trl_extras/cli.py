@@ -515,6 +515,16 @@ def _quiet_checkpointing_renames() -> None:
     warnings.filterwarnings("ignore", message=r"'pin_memory' argument is set as true but no accelerator is found")
 
 
+def _quiet_deepspeed_accelerator_detection() -> None:
+    """accelerate imports DeepSpeed whenever it is installed (``extract_model_from_parallel``, on every run), and
+    DeepSpeed's accelerator detection then warns "Setting accelerator to CPU" on any machine without a GPU, DeepSpeed
+    config or not. There, name the accelerator it would pick (``DS_ACCELERATOR=cpu``) unless one is set."""
+    from trl_extras._distributed import has_accelerator
+
+    if "DS_ACCELERATOR" not in os.environ and not has_accelerator():
+        os.environ["DS_ACCELERATOR"] = "cpu"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``trl-extras``; returns the exit status (0 on success)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -541,6 +551,7 @@ def main(argv: list[str] | None = None) -> int:
 
     debug = os.environ.get("TRL_EXTRAS_DEBUG", "") not in ("", "0")
     _quiet_checkpointing_renames()
+    _quiet_deepspeed_accelerator_detection()
     try:
         return _run(command, rest)
     except _CLIError as error:
