@@ -33,7 +33,7 @@ from trl_extras.data import (
     validate_preference_dataset,
     validate_prompt_dataset,
 )
-from trl_extras.data.lengths import check_preference_lengths
+from trl_extras.data.lengths import check_preference_lengths, check_reward_pair_lengths
 from trl_extras.rewards import CheckedRewardFunc, RewardFunctionError, check_reward_funcs
 from trl_extras.validation import DPO_LOSS_TYPES, GRPO_LOSS_TYPES, check_config
 
@@ -391,6 +391,56 @@ def test_lengths_streamed_long_prompt_names_the_row():
     dataset = IterableDataset.from_generator(lambda: iter(rows))
     with raises_naming(PreferenceDataError, "Row 2, column 'prompt'", "9 tokens"):
         list(check_preference_lengths(dataset, max_length=5))
+
+
+def reward_pairs(chosen_lengths, rejected_lengths):
+    return Dataset.from_dict(
+        {"chosen_ids": [[2] * n for n in chosen_lengths], "rejected_ids": [[3] * n for n in rejected_lengths]}
+    )
+
+
+def test_reward_lengths_long_pairs_are_dropped_and_counted(caplog):
+    with caplog.at_level(logging.WARNING, logger="trl_extras.data"):
+        kept = check_reward_pair_lengths(reward_pairs([3, 9, 4, 5], [2, 2, 7, 5]), max_length=5)
+    assert [len(ids) for ids in kept["chosen_ids"]] == [3, 5]  # the rejected of row 2 (7 tokens) drops it too
+    assert "dropped 2 of 4 pairs" in caplog.text and "longest: 9 tokens, row 1" in caplog.text
+
+
+def test_reward_lengths_every_pair_too_long_is_an_error(caplog):
+    with raises_naming(PreferenceDataError, "max_length=2", "3 of 3 pairs longer", "longest: 6 tokens, row 2"):
+        check_reward_pair_lengths(reward_pairs([3, 4, 6], [1, 1, 1]), max_length=2)
+    with caplog.at_level(logging.WARNING, logger="trl_extras.data"):
+        assert len(check_reward_pair_lengths(reward_pairs([3], [3]), max_length=3)) == 1  # equal to max_length fits
+        assert len(check_reward_pair_lengths(reward_pairs([300], [3]), max_length=None)) == 1
+    assert caplog.text == ""
+
+
+def test_reward_lengths_streamed_pairs_are_filtered_with_a_warning(caplog):
+    rows = [{"chosen_ids": [2] * n, "rejected_ids": [3]} for n in (1, 9, 2)]
+    with caplog.at_level(logging.WARNING, logger="trl_extras.data"):
+        kept = check_reward_pair_lengths(IterableDataset.from_generator(lambda: iter(rows)), max_length=5)
+    assert [len(row["chosen_ids"]) for row in kept] == [1, 2]
+    assert "dropped as they are read, uncounted" in caplog.text
+
+
+def test_reward_command_trainer_drops_what_trl_drops_and_says_so(tiny_reward_model_path, tmp_path, caplog):
+    """The CLI's `reward` trainer keeps exactly the pairs TRL's RewardTrainer keeps, and counts the others."""
+    import trl
+
+    from trl_extras.scripts.reward import RewardTrainer
+
+    words = ["good", "nice", "bad " * 12, "great", "dull " * 12, "okay"]
+    dataset = Dataset.from_list([{"chosen": w, "rejected": "meh"} for w in words])
+    kept = {}
+    for trainer_class in (trl.RewardTrainer, RewardTrainer):
+        args = trl.RewardConfig(str(tmp_path / trainer_class.__module__), max_length=8, bf16=False, report_to="none")
+        with caplog.at_level(logging.WARNING, logger="trl_extras.data"):
+            caplog.clear()
+            trainer = trainer_class(model=tiny_reward_model_path, args=args, train_dataset=dataset)
+        kept[trainer_class] = ([list(ids) for ids in trainer.train_dataset["chosen_ids"]], caplog.text)
+    assert kept[RewardTrainer][0] == kept[trl.RewardTrainer][0] and len(kept[RewardTrainer][0]) == 4
+    assert kept[trl.RewardTrainer][1] == ""  # TRL's own filter says nothing
+    assert "train dataset: dropped 2 of 6 pairs" in kept[RewardTrainer][1]
 
 
 # =====================================================================================================================

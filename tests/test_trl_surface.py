@@ -20,7 +20,7 @@ from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
 from trl_extras import MDPOTrainer, PPOTrainer, ReMaxTrainer, UnlikelihoodTrainer, _trl_compat
 
-TRL_CLASSES = {"DPOTrainer": DPOTrainer, "GRPOTrainer": GRPOTrainer}
+TRL_CLASSES = {"DPOTrainer": DPOTrainer, "GRPOTrainer": GRPOTrainer, "RewardTrainer": trl.RewardTrainer}
 TRL_SOURCES = {"DPOTrainer": "trainer/dpo_trainer.py", "GRPOTrainer": "trainer/grpo_trainer.py"}
 TRL_DIR = pathlib.Path(trl.__file__).parent
 PACKAGE = pathlib.Path(_trl_compat.__file__).parent
@@ -150,6 +150,15 @@ def test_no_reference_model_reads_none_and_refuses_a_model():
         trainer.ref_model = torch.nn.Linear(1, 1)
     assert isinstance(Trainer.ref_model, _trl_compat.NoReferenceModel)
     assert "ref_model" not in vars(trainer)
+
+
+def test_reward_trainer_drops_long_pairs_by_max_length_only():
+    """``RewardPairLengthCheck`` runs RewardTrainer's ``_prepare_dataset`` with ``max_length=None`` and then drops
+    what TRL's filter would: pairs whose ``chosen_ids`` or ``rejected_ids`` is longer than ``max_length``."""
+    source = inspect.getsource(trl.RewardTrainer._prepare_dataset)
+    assert set(re.findall(r"args\.(max_\w+)", source)) == {"max_length"}
+    assert 'len(example["chosen_ids"]) <= args.max_length' in source
+    assert 'len(example["rejected_ids"]) <= args.max_length' in source
 
 
 def test_grpo_num_generations_check_is_one_less_than_2():

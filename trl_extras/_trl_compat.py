@@ -241,6 +241,12 @@ def grpo_post_init_one_generation(config: GRPOConfig) -> None:
     derivations before, vLLM checks after), so it cannot be skipped without copying the method: the parent runs with
     a 1 that passes that single comparison, then gets a plain int back. The surface test fails if TRL writes the
     check another way (``<= 1``, ``== 1``).
+
+    No honest value does it: any integer that passes ``< 2`` must also divide ``generation_batch_size``, which is 1
+    for one process with batch 1; running the method on scaled-up batch sizes and scaling back misreports them in its
+    own error messages; catching the error skips the vLLM importance-sampling checks after it. The fix belongs in
+    TRL: the check reading a class attribute (``GRPOConfig._min_num_generations = 2``) that ``ReMaxConfig`` and
+    ``PPOConfig`` would set to 1.
     """
     from trl import GRPOConfig
 
@@ -276,6 +282,11 @@ def __getattr__(name: str) -> Any:
         return BaseTrainer
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
+# The CLI's `reward` command: RewardPairLengthCheck counts the long pairs RewardTrainer would drop silently
+OVERRIDDEN_HOOKS["RewardTrainer"] = {
+    "_prepare_dataset": ["self", "dataset", "processing_class", "args", "dataset_name"],
+}
 
 OVERRIDDEN_HOOKS["BaseTrainer"] = {
     # TRL's usage ping reads ``self.model.config.model_type``, which diffusers models lack: DiffusionDPOTrainer's sends

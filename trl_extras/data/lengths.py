@@ -7,6 +7,10 @@ is dropped the run dies in torch (``num_samples=0``). `check_preference_lengths`
 - rows whose prompt leaves no completion token are an error naming the count and the longest prompt, unless
   ``drop_long_prompts=True``, which drops them with a warning giving the count;
 - completions that will be cut are a warning giving the count and the longest lengths.
+
+TRL's ``RewardTrainer`` drops, also without a word, every pair whose chosen or rejected sequence is longer than
+``max_length`` (it never truncates). `check_reward_pair_lengths` drops the same pairs with a warning giving the count,
+and raises when none would be left.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from datasets import Dataset, IterableDataset
 
 from .errors import PreferenceDataError, logger
 
-__all__ = ["check_preference_lengths"]
+__all__ = ["check_preference_lengths", "check_reward_pair_lengths"]
 
 _COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 _DROP_HINT = (
@@ -112,3 +116,49 @@ def _check_lazily(dataset, max_length, truncation_mode, drop_long_prompts, name)
         return row
 
     return dataset.map(check, with_indices=True)
+
+
+def check_reward_pair_lengths(
+    dataset: Dataset | IterableDataset, *, max_length: int | None, name: str = "train"
+) -> Dataset | IterableDataset:
+    """Drop, as TRL's ``RewardTrainer`` does, the tokenised pairs (``chosen_ids``, ``rejected_ids``) whose chosen or
+    rejected sequence is longer than ``max_length``, with a warning giving the count and the longest pair; a
+    ``PreferenceDataError`` when that would leave no pair. An ``IterableDataset`` is filtered as it is read (it cannot
+    be counted in advance), with a warning saying so."""
+    if max_length is None:
+        return dataset
+
+    def fits(row) -> bool:
+        return len(row["chosen_ids"]) <= max_length and len(row["rejected_ids"]) <= max_length
+
+    if isinstance(dataset, IterableDataset):
+        logger.warning(
+            f"{name} dataset (streaming): pairs whose chosen or rejected sequence is longer than "
+            f"max_length={max_length} tokens are dropped as they are read, uncounted."
+        )
+        return dataset.filter(fits)
+    columns = ["chosen_ids", "rejected_ids"]
+    if not isinstance(dataset, Dataset) or len(dataset) == 0 or not set(columns) <= set(dataset.column_names):
+        return dataset
+    table = dataset.with_format("arrow", columns=columns)[:]
+    longer = np.maximum(
+        *(pc.list_value_length(table.column(column)).to_numpy(zero_copy_only=False) for column in columns)
+    )
+    long = longer > max_length
+    if not long.any():
+        return dataset
+    total, row = len(longer), int(np.argmax(longer))
+    got = f"{int(long.sum())} of {total} pairs longer (longest: {int(longer[row])} tokens, row {row})"
+    if long.all():
+        raise PreferenceDataError(
+            f"pairs whose chosen and rejected sequences fit in max_length={max_length} tokens",
+            got,
+            column="chosen",
+            hint=f"[{name}] Raise max_length (or set it to None) or shorten the sequences.",
+        )
+    logger.warning(
+        f"{name} dataset: dropped {int(long.sum())} of {total} pairs whose chosen or rejected sequence is longer than "
+        f"max_length={max_length} tokens (longest: {int(longer[row])} tokens, row {row}), as TRL's RewardTrainer "
+        "does. Raise max_length (or set it to None) to train on them."
+    )
+    return dataset.select(np.flatnonzero(~long))

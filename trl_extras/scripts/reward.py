@@ -7,14 +7,21 @@ trl-extras reward --model_name_or_path Qwen/Qwen2.5-0.5B-Instruct --dataset_name
 ```
 
 With PEFT the LoRA task type defaults to ``SEQ_CLS`` here (``ModelConfig``'s default ``CAUSAL_LM`` would not train the
-score head), and the score head is trained in full (``lora_modules_to_save: [score]``) unless you set it.
+score head), and the score head is trained in full (``lora_modules_to_save: [score]``) unless you set it. The
+trainer is TRL's ``RewardTrainer`` with one hook added (``trl_extras.trainer._length_check.RewardPairLengthCheck``):
+the pairs longer than ``max_length`` it drops are counted in a warning.
 """
 
 from __future__ import annotations
 
 import trl
 
+from ..trainer._length_check import RewardPairLengthCheck
 from ._common import ScriptArguments, build_parser, load_datasets, load_model, train_and_save
+
+
+class RewardTrainer(RewardPairLengthCheck, trl.RewardTrainer):
+    """TRL's ``RewardTrainer``; the pairs ``max_length`` drops are counted (see ``RewardPairLengthCheck``)."""
 
 
 def main(script_args, training_args, model_args, dataset_args):
@@ -25,7 +32,7 @@ def main(script_args, training_args, model_args, dataset_args):
     if model_args.use_peft and model_args.lora_modules_to_save is None:
         model_args.lora_modules_to_save = ["score"]
     train_dataset, eval_dataset = load_datasets(script_args, dataset_args, training_args, default_subset="preference")
-    trainer = trl.RewardTrainer(
+    trainer = RewardTrainer(
         **load_model(model_args, training_args, model_class=AutoModelForSequenceClassification, num_labels=1),
         args=training_args,
         train_dataset=train_dataset,

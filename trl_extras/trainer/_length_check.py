@@ -1,10 +1,11 @@
-"""The ``_prepare_dataset`` hook that counts what ``max_length`` drops and cuts, for DPOTrainer and its subclasses."""
+"""The ``_prepare_dataset`` hooks that count what ``max_length`` drops and cuts: for DPOTrainer and its subclasses,
+and for TRL's RewardTrainer."""
 
 from __future__ import annotations
 
 import copy
 
-from ..data.lengths import check_preference_lengths
+from ..data.lengths import check_preference_lengths, check_reward_pair_lengths
 
 
 class PreferenceLengthCheck:
@@ -28,3 +29,18 @@ class PreferenceLengthCheck:
             drop_long_prompts=getattr(args, "drop_long_prompts", False),
             name=dataset_name,
         )
+
+
+class RewardPairLengthCheck:
+    """Mixin for ``RewardTrainer`` (put it first in the bases): ``_prepare_dataset`` tokenises as the parent does,
+    but with ``max_length=None`` so that TRL's silent filter of long pairs does not run, then drops the same pairs
+    through ``trl_extras.data.lengths.check_reward_pair_lengths``, which counts them in a warning (an error when none
+    would be left)."""
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        if args.max_length is None:
+            return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+        unfiltered = copy.copy(args)
+        unfiltered.max_length = None
+        dataset = super()._prepare_dataset(dataset, processing_class, unfiltered, dataset_name)
+        return check_reward_pair_lengths(dataset, max_length=args.max_length, name=dataset_name)
