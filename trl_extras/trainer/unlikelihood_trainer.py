@@ -49,7 +49,7 @@ class UnlikelihoodTrainer(CheckpointSafetyMixin, PreferenceLengthCheck, DPOTrain
     >>> trainer.train()
     ```
 
-    Overrides: `__init__`, `_compute_loss`, `_prepare_dataset` (from `PreferenceLengthCheck`).
+    Overrides: `__init__`, `_compute_loss`, `_prepare_dataset` (from `PreferenceLengthCheck`), `ref_model`.
     """
 
     ref_model = _trl_compat.NoReferenceModel()
