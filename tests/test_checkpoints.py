@@ -415,6 +415,30 @@ def test_mdpo_resume_equals_the_uninterrupted_run(tmp_path):
     assert max_diff(trained(resumed), trained(straight)) == 0.0
 
 
+def test_mdpo_corruptions_do_not_depend_on_dataloader_workers_and_resume_exactly(tmp_path):
+    """Two epochs with 2 DataLoader workers train exactly what no workers train, and resuming mid-epoch 2 with
+    workers equals both. Before the fix each worker drew its own corruption stream, restarted at every epoch."""
+    import test_mdpo
+
+    from trl_extras.testing import build_tiny_vlm
+
+    path = build_tiny_vlm(tmp_path / "llava", family="llava")
+
+    def run(name, workers, resume=None):
+        trainer = test_mdpo.make_trainer(
+            path, tmp_path / name, max_steps=4, save_strategy="steps", save_steps=3, dataloader_num_workers=workers
+        )
+        trainer.train(resume_from_checkpoint=resume)
+        assert trainer.state.epoch == 2.0  # 4 rows, batch 2: the second epoch re-forks the workers
+        return trainer
+
+    without = trained(run("without", 0))
+    with_workers = trained(run("workers", 2))
+    assert max_diff(with_workers, without) == 0.0
+    resumed = run("resumed", 2, resume=str(tmp_path / "workers" / "out" / "checkpoint-3"))
+    assert max_diff(trained(resumed), without) == 0.0
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # the CLI: TRL's stock trainers get the same guarantees
 

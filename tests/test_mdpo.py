@@ -403,6 +403,11 @@ def test_dataset_without_images_is_refused(vlm_paths, tmp_path):
         make_trainer(vlm_paths["llava"], tmp_path, dataset=text_only)
 
 
+def test_persistent_dataloader_workers_are_named_in_a_warning(vlm_paths, tmp_path):
+    with pytest.warns(UserWarning, match="dataloader_persistent_workers=True .* resumed run can differ"):
+        make_trainer(vlm_paths["llava"], tmp_path, dataloader_num_workers=1, dataloader_persistent_workers=True)
+
+
 def test_args_must_be_an_mdpo_config(vlm_paths, tmp_path):
     path = vlm_paths["llava"]
     with pytest.raises(TypeError, match="MDPOConfig"):

@@ -61,14 +61,16 @@ class DataCollatorForMDPO:
     ``prompt + chosen`` whose images are corrupted copies (``corruption``) of the true ones, collated by TRL's
     prompt-completion vision collator so that they are tokenised exactly like the chosen rows (checked per row).
 
-    Each row's corruption draws from a generator seeded with ``(seed, worker id, global_row(rows))``, ``rows`` being
-    the number of rows corrupted before it in this process and ``global_row`` its place among the rows of all
-    processes: a run is reproducible for a given seed, 2 processes draw what 1 process with their whole batch draws,
-    every step gets fresh crops,
-    and a batch split into gradient-accumulation micro-batches gets the crops the whole batch would. ``rows`` is the
-    collator's whole state: ``MDPOTrainer`` saves the rows it trained on in each checkpoint and restores them on
-    resume, and evaluates with a copy of its own, so a resumed run draws what the uninterrupted run drew (with
-    ``dataloader_num_workers=0``; each worker process counts for itself).
+    Each row's corruption draws from a generator seeded with ``seed`` and ``global_row(index)``, ``index`` being the
+    number of rows of this process before it and ``global_row`` its place among the rows of all processes: a run is
+    reproducible for a given seed, 2 processes draw what 1 process with their whole batch draws, every step gets
+    fresh crops, and a batch split into gradient-accumulation micro-batches gets the crops the whole batch would.
+    ``rows`` is the index the next row gets. In a DataLoader worker (``dataloader_num_workers > 0``), which collates
+    the batches ``id, id + num_workers, ...`` of the loader on a copy of the collator made when the loader starts,
+    ``index`` is counted from that copy's ``rows`` and the worker's place in the loader (``batch_size`` rows per
+    batch), so any number of workers draws what none does. ``MDPOTrainer`` sets ``rows`` to the rows it trained on at
+    each epoch start, saves them in each checkpoint and restores them on resume, and evaluates with a copy of its
+    own, so a resumed run draws what the uninterrupted run drew.
     """
 
     base: Callable[[list[dict[str, Any]]], dict[str, Any]]
@@ -82,6 +84,7 @@ class DataCollatorForMDPO:
     process_index: int = 0
     batch_size: int | None = None
     _chosen_collator: DataCollatorForVisionLanguageModeling | None = field(default=None, init=False, repr=False)
+    _worker_rows: int = field(default=0, init=False, repr=False)  # rows this DataLoader worker's copy corrupted
 
     def __post_init__(self) -> None:
         self._chosen_collator = DataCollatorForVisionLanguageModeling(
@@ -89,11 +92,24 @@ class DataCollatorForMDPO:
         )
 
     def corrupt(self, example: dict[str, Any], row: int) -> list[Image.Image]:
-        worker = torch.utils.data.get_worker_info()
-        rng = np.random.default_rng([self.seed, 0 if worker is None else worker.id, self.global_row(self.rows)])
-        self.rows += 1
+        # the 0 is what the worker id was when workers drew their own streams: without workers, the same draws
+        rng = np.random.default_rng([self.seed, 0, self.global_row(self._next_index())])
         images = example["images"] if "images" in example else [example["image"]]
         return [self.corruption(_as_pil(image, row), rng) for image in images]
+
+    def _next_index(self) -> int:
+        """The index of the row being corrupted among this process's rows (see the class docstring)."""
+        worker = torch.utils.data.get_worker_info()
+        if worker is None:
+            self.rows += 1
+            return self.rows - 1
+        # worker `id` of `num_workers` collates the loader's batches id, id + num_workers, ... in order
+        done = self._worker_rows
+        self._worker_rows += 1
+        if not self.batch_size:  # standalone use without a batch size: rows interleaved across workers, still unique
+            return self.rows + done * worker.num_workers + worker.id
+        batch, offset = divmod(done, self.batch_size)
+        return self.rows + (batch * worker.num_workers + worker.id) * self.batch_size + offset
 
     def global_row(self, rows: int) -> int:
         """Where this process's `rows`-th row stands in the rows of all processes, as accelerate shards batches

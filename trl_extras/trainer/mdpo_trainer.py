@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import DPOTrainer
 
@@ -102,6 +103,18 @@ def _fused_forwards_with_extra_rows(
             handle.remove()
 
 
+class _CorruptionRowsAtEpochStart(TrainerCallback):
+    """At each epoch start, before the DataLoader starts its workers: the collator's ``rows`` := the rows trained so
+    far. Workers corrupt on copies of the collator, so the trainer's own copy does not count their rows."""
+
+    def __init__(self, trainer: MDPOTrainer):
+        self.trainer = trainer
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if isinstance(self.trainer.data_collator, DataCollatorForMDPO):
+            self.trainer.data_collator.rows = self.trainer._rows_trained
+
+
 class MDPOTrainer(CheckpointSafetyMixin, DPOTrainer):
     r"""
     Trainer for mDPO, [mDPO: Conditional Preference Optimization for Multimodal Large Language
@@ -177,6 +190,15 @@ class MDPOTrainer(CheckpointSafetyMixin, DPOTrainer):
                 num_processes=self.accelerator.num_processes,
                 process_index=self.accelerator.process_index,
                 batch_size=args.per_device_train_batch_size,
+            )
+        self.add_callback(_CorruptionRowsAtEpochStart(self))
+        if args.conditional_weight > 0 and args.dataloader_num_workers > 0 and args.dataloader_persistent_workers:
+            warnings.warn(
+                "MDPOTrainer: with dataloader_persistent_workers=True the DataLoader workers keep the image-corruption "
+                "row count of the first epoch, so later epochs' corruptions depend on the number of workers and a "
+                "resumed run can differ from an uninterrupted one. Set dataloader_persistent_workers=False for "
+                "reproducible corruptions.",
+                stacklevel=2,
             )
 
     def _save_checkpoint(self, model, trial):
