@@ -8,13 +8,9 @@ import copy
 from ..data.lengths import check_preference_lengths, check_reward_pair_lengths
 
 
-class PreferenceLengthCheck:
-    """Mixin for ``DPOTrainer`` subclasses (put it first in the bases): ``_prepare_dataset`` tokenises as the
-    parent does, but with ``max_length=None`` so that TRL's silent filter of long prompts does not run, then hands
-    the tokenised rows to ``trl_extras.data.lengths.check_preference_lengths``: rows whose prompt fills
-    ``max_length`` are an error (or, with ``args.drop_long_prompts``, dropped with a warning giving the count), and
-    completions the collator will cut are a warning giving the count and the longest lengths. The collator still
-    truncates with ``args.max_length``, as before."""
+class _CountedMaxLength:
+    """``_prepare_dataset`` tokenises as the parent does, but with ``max_length=None`` so that TRL's own silent
+    ``max_length`` filter does not run, then hands the tokenised rows to ``_check_lengths``."""
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         if args.max_length is None:
@@ -22,6 +18,17 @@ class PreferenceLengthCheck:
         unfiltered = copy.copy(args)
         unfiltered.max_length = None
         dataset = super()._prepare_dataset(dataset, processing_class, unfiltered, dataset_name)
+        return self._check_lengths(dataset, args, dataset_name)
+
+
+class PreferenceLengthCheck(_CountedMaxLength):
+    """Mixin for ``DPOTrainer`` subclasses (put it first in the bases): the tokenised rows go to
+    ``trl_extras.data.lengths.check_preference_lengths``: rows whose prompt fills ``max_length`` are an error (or,
+    with ``args.drop_long_prompts``, dropped with a warning giving the count), and completions the collator will cut
+    are a warning giving the count and the longest lengths. The collator still truncates with ``args.max_length``,
+    as before."""
+
+    def _check_lengths(self, dataset, args, dataset_name):
         return check_preference_lengths(
             dataset,
             max_length=args.max_length,
@@ -31,16 +38,10 @@ class PreferenceLengthCheck:
         )
 
 
-class RewardPairLengthCheck:
-    """Mixin for ``RewardTrainer`` (put it first in the bases): ``_prepare_dataset`` tokenises as the parent does,
-    but with ``max_length=None`` so that TRL's silent filter of long pairs does not run, then drops the same pairs
-    through ``trl_extras.data.lengths.check_reward_pair_lengths``, which counts them in a warning (an error when none
-    would be left)."""
+class RewardPairLengthCheck(_CountedMaxLength):
+    """Mixin for ``RewardTrainer`` (put it first in the bases): the tokenised pairs go to
+    ``trl_extras.data.lengths.check_reward_pair_lengths``, which drops those TRL's filter would (chosen or rejected
+    longer than ``max_length``) and counts them in a warning (an error when none would be left)."""
 
-    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-        if args.max_length is None:
-            return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
-        unfiltered = copy.copy(args)
-        unfiltered.max_length = None
-        dataset = super()._prepare_dataset(dataset, processing_class, unfiltered, dataset_name)
+    def _check_lengths(self, dataset, args, dataset_name):
         return check_reward_pair_lengths(dataset, max_length=args.max_length, name=dataset_name)
