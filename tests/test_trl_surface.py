@@ -146,7 +146,9 @@ def test_no_reference_model_reads_none_and_refuses_a_model():
     assert trainer.ref_model is None
     trainer.ref_model = None  # DPOTrainer writes None in its precompute / PEFT branches
     assert trainer.ref_model is None
-    with pytest.raises(RuntimeError, match="has no reference model.*TRL's DPOTrainer changed"):
+    with pytest.raises(
+        RuntimeError, match="has no reference model, but its `ref_model` was set to a Linear.*TRL's DPOTrainer changed"
+    ):
         trainer.ref_model = torch.nn.Linear(1, 1)
     assert isinstance(Trainer.ref_model, _trl_compat.NoReferenceModel)
     assert "ref_model" not in vars(trainer)

@@ -219,9 +219,9 @@ class NoReferenceModel:
     def __set__(self, trainer, value) -> None:
         if value is not None and value is not NO_REFERENCE_MODEL:
             raise RuntimeError(
-                f"{type(trainer).__name__} has no reference model, but DPOTrainer.__init__ set `ref_model` to a "
-                f"{type(value).__name__}: TRL's DPOTrainer changed how it handles a given `ref_model`; see "
-                "`NoReferenceModel` in trl_extras/_trl_compat.py."
+                f"{type(trainer).__name__} has no reference model, but its `ref_model` was set to a "
+                f"{type(value).__name__}. If DPOTrainer.__init__ did it, TRL's DPOTrainer changed how it handles a "
+                "given `ref_model`; see `NoReferenceModel` in trl_extras/_trl_compat.py."
             )
 
 
