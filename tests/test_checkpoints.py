@@ -416,8 +416,9 @@ def test_mdpo_resume_equals_the_uninterrupted_run(tmp_path):
 
 
 def test_mdpo_corruptions_do_not_depend_on_dataloader_workers_and_resume_exactly(tmp_path):
-    """Two epochs with 2 DataLoader workers train exactly what no workers train, and resuming mid-epoch 2 with
-    workers equals both. Before the fix each worker drew its own corruption stream, restarted at every epoch."""
+    """Two epochs with 2 DataLoader workers train exactly what no workers train, resuming mid-epoch 2 with workers
+    equals both, and evaluation (its own batch size) corrupts as without workers. Before the fix each worker drew its
+    own corruption stream, restarted at every epoch."""
     import test_mdpo
 
     from trl_extras.testing import build_tiny_vlm
@@ -426,15 +427,23 @@ def test_mdpo_corruptions_do_not_depend_on_dataloader_workers_and_resume_exactly
 
     def run(name, workers, resume=None):
         trainer = test_mdpo.make_trainer(
-            path, tmp_path / name, max_steps=4, save_strategy="steps", save_steps=3, dataloader_num_workers=workers
+            path,
+            tmp_path / name,
+            max_steps=4,
+            save_strategy="steps",
+            save_steps=3,
+            dataloader_num_workers=workers,
+            per_device_eval_batch_size=1,
         )
         trainer.train(resume_from_checkpoint=resume)
         assert trainer.state.epoch == 2.0  # 4 rows, batch 2: the second epoch re-forks the workers
         return trainer
 
-    without = trained(run("without", 0))
-    with_workers = trained(run("workers", 2))
-    assert max_diff(with_workers, without) == 0.0
+    without_trainer, workers_trainer = run("without", 0), run("workers", 2)
+    without = trained(without_trainer)
+    assert max_diff(trained(workers_trainer), without) == 0.0
+    evaluations = [t.evaluate(test_mdpo.vision_dataset()) for t in (without_trainer, workers_trainer)]
+    assert evaluations[0]["eval_mdpo/conditional_loss"] == evaluations[1]["eval_mdpo/conditional_loss"]
     resumed = run("resumed", 2, resume=str(tmp_path / "workers" / "out" / "checkpoint-3"))
     assert max_diff(trained(resumed), without) == 0.0
 

@@ -226,10 +226,11 @@ class MDPOTrainer(CheckpointSafetyMixin, DPOTrainer):
             self.data_collator.rows = self._rows_trained
 
     def get_eval_dataloader(self, eval_dataset=None):
-        # Evaluation corrupts with a copy of the collator, so that it leaves the training stream (and resume) as is
+        # Evaluation corrupts with a copy of the collator, so that it leaves the training stream (and resume) as is;
+        # its rows are numbered by the eval loader's batches (workers, several processes)
         collator = self.data_collator
         if isinstance(collator, DataCollatorForMDPO):
-            self.data_collator = dataclasses.replace(collator, rows=0)
+            self.data_collator = dataclasses.replace(collator, rows=0, batch_size=self.args.per_device_eval_batch_size)
         try:
             return super().get_eval_dataloader(eval_dataset)
         finally:
